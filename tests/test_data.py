@@ -1,0 +1,177 @@
+"""The data layer: digits-lt, CIFAR-LT from real-format pickles, split files over an image tree."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ltkit import data, profiles
+
+
+# --------------------------------------------------------------------------- digits-lt
+def test_digits_lt_profile_and_balanced_test():
+    d = data.load_digits_lt()
+    assert d.class_counts == profiles.exponential_profile(10, 140, 15)
+    assert d.y_test.bincount().tolist() == [30] * 10
+    assert d.x_train.dtype == torch.uint8 and d.image_shape == (1, 8, 8)
+    assert profiles.group_sizes(d.class_counts) == {"many": 2, "medium": 5, "few": 3}
+
+
+def test_digits_lt_test_split_is_held_out_and_fixed():
+    a, b = data.load_digits_lt(seed=0), data.load_digits_lt(seed=1)
+    assert torch.equal(a.x_test, b.x_test)  # the test split does not depend on the subset seed
+    assert not torch.equal(a.x_train, b.x_train)  # the long-tailed subset does
+    train = {bytes(x.numpy()) for x in a.x_train}
+    # no training image appears in the test split (compare pixels; digits has a few exact duplicates)
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    pixels = np.round(raw.images / 16 * 255).astype(np.uint8)
+    dupes = {bytes(p) for p, n in zip(*np.unique(pixels.reshape(len(pixels), -1), axis=0, return_counts=True)) if n > 1}
+    leaked = [x for x in a.x_test if bytes(x.numpy()) in train and bytes(x.numpy()) not in dupes]
+    assert leaked == []
+
+
+def test_digits_lt_step_profile_and_bad_factor():
+    d = data.load_digits_lt(profile="step", imbalance_factor=10, n_max=100)
+    assert d.class_counts == [100] * 5 + [10] * 5
+    with pytest.raises(ValueError, match="imbalance factor 0.9 < 1"):
+        data.load_digits_lt(imbalance_factor=0.9)
+    with pytest.raises(ValueError, match="class 0 has only .* images but the profile asks for 500"):
+        data.load_digits_lt(n_max=500)
+
+
+# --------------------------------------------------------------------------- CIFAR pickles
+def _write_cifar(root: Path, num_classes: int, per_class: int, test_per_class: int = 2) -> None:
+    """Write CIFAR's python pickles (the real on-disk format), small."""
+    rng = np.random.RandomState(123)
+    if num_classes == 10:
+        folder, key, meta_name, names_key = root / "cifar-10-batches-py", "labels", "batches.meta", "label_names"
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_file = "test_batch"
+    else:
+        folder, key, meta_name, names_key = root / "cifar-100-python", "fine_labels", "meta", "fine_label_names"
+        train_files, test_file = ["train"], "test"
+    folder.mkdir(parents=True)
+
+    def batch(labels):
+        return {"data": rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8), key: list(labels)}
+
+    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
+    for i, chunk in enumerate(np.array_split(labels, len(train_files))):
+        with open(folder / train_files[i], "wb") as f:
+            pickle.dump(batch(chunk.tolist()), f, protocol=2)
+    with open(folder / test_file, "wb") as f:
+        pickle.dump(batch(np.repeat(np.arange(num_classes), test_per_class).tolist()), f, protocol=2)
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump({names_key: [f"class{k}" for k in range(num_classes)]}, f, protocol=2)
+
+
+def _reference_ldam_subset(targets: np.ndarray, counts: list[int], seed: int = 0) -> np.ndarray:
+    """IMBALANCECIFAR10.gen_imbalanced_data of the LDAM / CMO code, written out."""
+    np.random.seed(seed)
+    chosen = []
+    for the_class, the_img_num in zip(np.unique(targets), counts):
+        idx = np.where(targets == the_class)[0]
+        np.random.shuffle(idx)
+        chosen.append(idx[:the_img_num])
+    return np.concatenate(chosen)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_cifar_lt_from_real_format_pickles(tmp_path, num_classes):
+    per_class = 40
+    _write_cifar(tmp_path, num_classes, per_class)
+    d = data.load_dataset(f"cifar{num_classes}-lt", root=tmp_path, imbalance_factor=10)
+    expected_counts = profiles.exponential_profile(num_classes, per_class, 10)
+    assert d.class_counts == expected_counts
+    assert d.x_train.shape[1:] == (3, 32, 32) and d.x_train.dtype == torch.uint8
+    assert d.y_test.bincount().tolist() == [2] * num_classes
+    assert d.classes[:2] == ["class0", "class1"]
+
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    raw = data._cifar_class(num_classes, check_md5=False)(str(tmp_path), train=True)
+    idx = _reference_ldam_subset(np.asarray(raw.targets), expected_counts)
+    reference_images = torch.from_numpy(raw.data[idx]).permute(0, 3, 1, 2)
+    assert torch.equal(d.x_train, reference_images)  # the same subset as the reference code, pixel for pixel
+    assert issubclass(type(raw), CIFAR10 if num_classes == 10 else CIFAR100)
+
+
+def test_cifar_first_n_rule_is_m2m(tmp_path):
+    _write_cifar(tmp_path, 10, 30)
+    d = data.load_cifar_lt(tmp_path, num_classes=10, imbalance_factor=5, subset="first")
+    raw = data._cifar_class(10, check_md5=False)(str(tmp_path), train=True)
+    targets = np.asarray(raw.targets)
+    counts = profiles.exponential_profile(10, 30, 5)
+    idx = np.concatenate([np.flatnonzero(targets == k)[:n] for k, n in enumerate(counts)])
+    assert torch.equal(d.x_train, torch.from_numpy(raw.data[idx]).permute(0, 3, 1, 2))
+
+
+def test_cifar_missing_folder_says_where_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python.*cifar-100-python.tar.gz"):
+        data.load_cifar_lt(tmp_path / "nowhere", num_classes=100)
+
+
+def test_cifar_incomplete_folder(tmp_path):
+    _write_cifar(tmp_path, 10, 5)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete or corrupted"):
+        data.load_cifar_lt(tmp_path, num_classes=10)
+
+
+# --------------------------------------------------------------------------- split files
+def _write_image_tree(root: Path, counts: list[int], test_per_class: int = 1) -> tuple[Path, Path]:
+    lines = {"train": [], "test": []}
+    rng = np.random.RandomState(0)
+    for split, per_class in (("train", counts), ("test", [test_per_class] * len(counts))):
+        for label, n in enumerate(per_class):
+            folder = root / split / f"n{label:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                rel = f"{split}/n{label:08d}/img_{i}.JPEG"
+                Image.fromarray(rng.randint(0, 256, (12, 10, 3), dtype=np.uint8)).save(root / rel, format="JPEG")
+                lines[split].append(f"{rel} {label}")
+    train_file, test_file = root / "ImageNet_LT_train.txt", root / "ImageNet_LT_test.txt"
+    train_file.write_text("\n".join(lines["train"]) + "\n")
+    test_file.write_text("\n".join(lines["test"]) + "\n")
+    return train_file, test_file
+
+
+def test_split_file_loader_reads_an_image_tree(tmp_path):
+    counts = [6, 3, 1]
+    _write_image_tree(tmp_path, counts)
+    d = data.load_dataset("imagenet-lt", root=tmp_path, num_classes=3)
+    assert d.class_counts == counts and len(d.test) == 3
+    image, label = d.train[len(d.train) - 1]
+    assert label == 2 and image.size == (10, 12) and image.mode == "RGB"
+
+
+def test_split_file_bad_line_names_file_and_line(tmp_path):
+    train_file, _ = _write_image_tree(tmp_path, [2, 1])
+    lines = train_file.read_text().splitlines()
+    lines.insert(1, "train/n00000000/img_9.JPEG zero")
+    train_file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"ImageNet_LT_train.txt, line 2: expected 'relative/path label'"):
+        data.load_dataset("imagenet-lt", root=tmp_path, num_classes=2)
+
+
+def test_split_file_class_without_images(tmp_path):
+    _write_image_tree(tmp_path, [2, 1])
+    with pytest.raises(ValueError, match="class 2 has no training images"):
+        data.load_dataset("imagenet-lt", root=tmp_path, num_classes=3)
+
+
+def test_split_file_missing_root_says_where_to_get_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Places-365"):
+        data.load_dataset("places-lt", root=tmp_path / "missing")
+
+
+def test_unknown_dataset_and_missing_root():
+    with pytest.raises(ValueError, match="choose one of: digits-lt"):
+        data.load_dataset("mnist-lt")
+    with pytest.raises(ValueError, match="pass root="):
+        data.load_dataset("cifar10-lt")
