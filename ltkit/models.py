@@ -44,6 +44,7 @@ __all__ = [
     "CosineLinear",
     "ResNet32",
     "SmallCNN",
+    "MLP",
     "TorchvisionNet",
     "count_parameters",
     "make_model",
@@ -54,7 +55,7 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-MODEL_NAMES = ("resnet32", "small-cnn", "resnet50", "resnext50")
+MODEL_NAMES = ("resnet32", "small-cnn", "mlp", "resnet50", "resnext50")
 
 
 # --------------------------------------------------------------------------
@@ -273,6 +274,32 @@ class SmallCNN(_Classifier):
         return self.body(self.normalize(x))
 
 
+class MLP(_Classifier):
+    """flatten -> Linear(hidden) -> ReLU -> Linear(hidden) -> ReLU -> head.
+
+    No batch norm: its output does not depend on how a batch is split across
+    processes, which makes it the model of choice for checking that DDP
+    training equals single-process training.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, hidden: int = 128,
+                 cosine_head: bool = False, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        super().__init__()
+        _check_num_classes(num_classes)
+        mean = (0.5,) * in_channels if mean is None else mean
+        std = (0.5,) * in_channels if std is None else std
+        self.normalize = Normalize(mean, std, in_channels, "MLP")
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.feature_dim = hidden
+        self.head = _make_head(hidden, num_classes, cosine_head)
+        _kaiming_init(self)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(self.normalize(x))
+
+
 # --------------------------------------------------------------------------
 # torchvision ResNet-50 / ResNeXt-50
 # --------------------------------------------------------------------------
@@ -323,7 +350,7 @@ def make_model(name: str, num_classes: int, *, in_channels: int | None = None,
     """Build a model by name; ``name`` is one of :data:`MODEL_NAMES`.
 
     ``in_channels=None`` keeps the model's default (3, or 1 for ``"small-cnn"``).
-    ``image_size`` is passed to ``"small-cnn"``; the other models are
+    ``image_size`` is passed to ``"small-cnn"`` and ``"mlp"``; the other models are
     size-agnostic and ignore it. Other keyword arguments (``mean``, ``std``,
     ``width``, ...) go to the model's constructor.
 
@@ -341,10 +368,10 @@ def make_model(name: str, num_classes: int, *, in_channels: int | None = None,
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     if name == "resnet32":
         return ResNet32(num_classes, cosine_head=cosine_head, **kwargs)
-    if name == "small-cnn":
+    if name in ("small-cnn", "mlp"):
         if image_size is not None:
             kwargs["image_size"] = image_size
-        return SmallCNN(num_classes, cosine_head=cosine_head, **kwargs)
+        return (SmallCNN if name == "small-cnn" else MLP)(num_classes, cosine_head=cosine_head, **kwargs)
     arch = {"resnet50": "resnet50", "resnext50": "resnext50_32x4d"}[name]
     return TorchvisionNet(arch, num_classes, cosine_head=cosine_head, **kwargs)
 

@@ -28,10 +28,11 @@ from ltkit.models import (
 CASES = {
     "resnet32": (dict(), (4, 3, 32, 32)),
     "small-cnn": (dict(), (4, 1, 8, 8)),
+    "mlp": (dict(), (4, 1, 8, 8)),
     "resnet50": (dict(), (1, 3, 64, 64)),
     "resnext50": (dict(), (1, 3, 64, 64)),
 }
-FEATURE_DIMS = {"resnet32": 64, "small-cnn": 64, "resnet50": 2048, "resnext50": 2048}
+FEATURE_DIMS = {"resnet32": 64, "small-cnn": 64, "mlp": 128, "resnet50": 2048, "resnext50": 2048}
 NUM_CLASSES = 7
 
 
@@ -48,8 +49,9 @@ def built(request):
     return (request.param, *_build(request.param))
 
 
-def first_conv(model: nn.Module) -> nn.Conv2d:
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+def first_conv(model: nn.Module) -> nn.Module:
+    """The first layer with weights (a conv; the first linear layer of the MLP, which sees the image flattened)."""
+    return next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
 
 
 # ---------------------------------------------------------------- ResNet-32
@@ -163,8 +165,8 @@ def test_normalisation_is_the_first_step(built):
         handle.remove()
     mean, std = model.normalize.mean, model.normalize.std
     assert mean.shape == std.shape == (1, x.shape[1], 1, 1)
-    torch.testing.assert_close(seen["x"], (x - mean) / std)
-    expected_mean = {"resnet32": CIFAR_MEAN, "small-cnn": (0.5,), "resnet50": IMAGENET_MEAN,
+    torch.testing.assert_close(seen["x"], ((x - mean) / std).reshape(seen["x"].shape))
+    expected_mean = {"resnet32": CIFAR_MEAN, "small-cnn": (0.5,), "mlp": (0.5,), "resnet50": IMAGENET_MEAN,
                      "resnext50": IMAGENET_MEAN}[name]
     torch.testing.assert_close(mean.flatten(), torch.tensor(expected_mean))
     # buffers, not parameters: they travel with state_dict but are not trained
@@ -262,7 +264,7 @@ def test_count_parameters_counts_only_trainable():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: resnet32, small-cnn, resnet50, resnext50"):
+    with pytest.raises(ValueError, match="valid names: resnet32, small-cnn, mlp, resnet50, resnext50"):
         make_model("resnet18", 10)
     with pytest.raises(ValueError, match="choose one of"):
         TorchvisionNet("vgg16", 10)

@@ -1,0 +1,719 @@
+"""The training engine: one ``fit`` from a laptop CPU to multi-GPU DDP.
+
+``fit(config)`` trains a model on a long-tailed data set and writes a run
+record (see :mod:`ltkit.runs`).  The same entry point runs as
+
+    python -m ltkit.train --preset digits-lt --loss bs --seed 1
+    torchrun --nproc_per_node=8 -m ltkit.train --preset cifar100-lt --loss ldam-drw
+
+(NCCL on GPUs, gloo on CPU; multi-node through torchrun's rendezvous), and
+from a notebook through :func:`ltkit.launch.run`, which scales a cell from one
+to eight GPUs by changing one number.
+
+Design
+------
+* Small data sets (``digits-lt``, CIFAR-LT) live on the device as ``uint8``
+  tensors; each batch is gathered by index, converted to float in [0, 1] and
+  augmented as a whole batch (random crop with zero padding, horizontal flip).
+  Large ones (split files: ImageNet-LT, Places-LT, iNaturalist) go through
+  ``DataLoader`` workers with ``torchvision.transforms.v2``.
+* Randomness is derived from ``(seed, epoch, rank)``: the epoch's sample order
+  from ``(seed, epoch)`` (the same global draw on every rank, split into
+  disjoint per-rank shards), augmentation from ``(seed, epoch, rank)``.  A
+  resumed run therefore replays exactly what an uninterrupted one would have
+  done (bit-exact on CPU).
+* ``batch_size`` is the *global* batch; each of ``W`` ranks takes
+  ``batch_size / W``.  Metrics (loss sums, confusion matrices) are all-reduced;
+  only rank 0 writes.
+* Learning rate per epoch: linear warm-up over ``warmup_epochs``, then
+  ``step`` (multiplied by ``step_gamma`` at every milestone passed: the
+  LDAM / CMO schedule is ``0.1 → ×0.01 at 160 → ×0.0001 at 180``) or
+  ``cosine``.  SGD with momentum and weight decay.
+* On a GPU: bf16 autocast, channels_last, optional ``torch.compile``.
+
+Hook points (:class:`Method`)
+-----------------------------
+A method (CMO, Syn-LT, CWS, feedback synthesis) subclasses :class:`Method`
+and overrides only what it needs; every hook has a no-op default:
+
+``setup(ctx)``
+    after data, model, loss and optimiser exist: may wrap the model, replace
+    the head, add training data to ``ctx.train_x`` / ``ctx.train_y``.
+``epoch_start(ctx, epoch)`` / ``epoch_end(ctx, epoch)``
+    per-epoch work (e.g. refresh prototypes, synthesise a data set).
+``batch(ctx, batch) -> Batch``
+    change the images and labels of a training batch (mixing, replacing
+    slots); a :class:`Batch` carries ``x, y`` and optionally a second label
+    ``y2`` with weight ``1 - lam`` (CutMix-style mixing).
+``loss(ctx, batch) -> Tensor | None``
+    compute the training loss yourself (e.g. a loss on sub-class logits);
+    ``None`` means the default ``lam·L(f(x), y) + (1-lam)·L(f(x), y2)``.
+``state_dict()`` / ``load_state_dict(state)``
+    whatever must survive a checkpoint.
+
+Register a method with :func:`register_method`; configs name it by string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import data as ltdata
+from . import losses, metrics, models, runs, sampling
+
+
+# =========================================================================== config
+@dataclass
+class TrainConfig:
+    """Everything a run depends on.  Presets: :data:`PRESETS`."""
+
+    # data
+    dataset: str = "digits-lt"
+    data_root: str | None = None
+    imbalance_factor: float | None = None  # None: the data set's default
+    data_seed: int = 0  # chooses the long-tailed subset (separate from the training seed)
+    subset: str = "shuffle"  # CIFAR-LT subset rule: "shuffle" (LDAM/CMO) or "first" (M2m)
+    augment: str = "crop-flip"  # "crop-flip", "crop" (no flip: digits), "none"
+    crop_padding: int = 4
+    image_size: int = 224  # split-file data sets only
+    num_workers: int = 4  # split-file data sets only
+    # model and loss
+    model: str = "resnet32"
+    model_params: dict = field(default_factory=dict)
+    loss: str = "ce"
+    loss_params: dict = field(default_factory=dict)
+    sampler: str = "instance"  # see ltkit.sampling.SAMPLER_KINDS
+    sampler_params: dict = field(default_factory=dict)
+    method: str = "none"  # a registered Method (CMO, ...)
+    method_params: dict = field(default_factory=dict)
+    # optimisation
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    warmup_epochs: int = 5
+    schedule: str = "step"  # "step" or "cosine"
+    milestones: list = field(default_factory=lambda: [160, 180])
+    step_gamma: float = 0.01
+    # evaluation and groups
+    many: int = 100
+    few: int = 20
+    eval_every: int = 1  # test-set metrics every k epochs (and always at the last)
+    # system
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    amp: bool = True  # bf16 autocast on GPU
+    channels_last: bool = True  # on GPU
+    compile: bool = False
+    deterministic: bool = True
+    progress: bool = True
+    out_dir: str = "runs"
+    name: str | None = None  # default: <dataset>-<loss>[-<method>]-s<seed>
+    if_exists: str = "error"  # "error", "resume", "overwrite"
+    checkpoint_every: int = 1
+
+    def run_name(self) -> str:
+        method = "" if self.method == "none" else f"-{self.method}"
+        return self.name or f"{self.dataset}-{self.loss}{method}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a CPU: the kit's bundled data set.
+    "digits-lt": dict(dataset="digits-lt", model="small-cnn", augment="crop", crop_padding=1, epochs=30,
+                      batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=2, schedule="cosine", milestones=[]),
+    # The LDAM / CMO schedule (see ../shared/notes/cmo-and-baselines.md).
+    "cifar10-lt": dict(dataset="cifar10-lt", data_root="data", imbalance_factor=100, model="resnet32"),
+    "cifar100-lt": dict(dataset="cifar100-lt", data_root="data", imbalance_factor=100, model="resnet32"),
+    # Split-file data sets: ResNet-50 (CMO's ImageNet-LT setting: 100 epochs, ×0.1 at 60 and 80, batch 256).
+    "imagenet-lt": dict(dataset="imagenet-lt", data_root="data/ImageNet_LT", model="resnet50", epochs=100,
+                        batch_size=256, weight_decay=5e-4, warmup_epochs=0, milestones=[60, 80], step_gamma=0.1),
+    "places-lt": dict(dataset="places-lt", data_root="data/Places_LT", model="resnet50", epochs=30,
+                      batch_size=256, lr=0.01, weight_decay=5e-4, warmup_epochs=0, schedule="cosine", milestones=[]),
+}
+
+
+def preset(preset_name: str = "digits-lt", /, **overrides: Any) -> TrainConfig:
+    """A preset config with overrides: ``preset("cifar100-lt", loss="bs", epochs=10)``."""
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}.")
+    return make_config(**{**PRESETS[preset_name], **overrides})
+
+
+def make_config(**fields_: Any) -> TrainConfig:
+    """A validated :class:`TrainConfig`: unknown fields and wrong types are clear errors."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields_) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(known)}.")
+    config = TrainConfig(**fields_)
+    validate(config)
+    return config
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    allowed = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,), "list": (list, tuple)}
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        return "None" in options
+    for option in options:
+        types = allowed.get(option, ())
+        if isinstance(value, types) and not (isinstance(value, bool) and option in ("int", "float")):
+            return True
+    return False
+
+
+def validate(config: TrainConfig) -> None:
+    """Type- and range-check a config, naming the field and the fix."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _type_ok(value, str(f.type)):
+            raise TypeError(f"config field {f.name!r} expects {f.type}, got {type(value).__name__} {value!r}.")
+    choices = dict(dataset=ltdata.DATASETS, model=models.MODEL_NAMES, loss=losses.LOSS_NAMES,
+                   sampler=sampling.SAMPLER_KINDS, method=tuple(method_names()), schedule=("step", "cosine"),
+                   augment=("crop-flip", "crop", "none"), device=("auto", "cpu", "cuda"), if_exists=runs.IF_EXISTS,
+                   subset=("shuffle", "first"))
+    for name, valid in choices.items():
+        if getattr(config, name) not in valid:
+            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of: {', '.join(valid)}.")
+    for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name}={getattr(config, name)} must be >= 1.")
+    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        raise ValueError("need lr > 0, weight_decay >= 0 and momentum in [0, 1).")
+    if config.warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs={config.warmup_epochs} must be >= 0 (0 = no warm-up).")
+
+
+# =========================================================================== methods
+@dataclass
+class Batch:
+    """A training batch: images in [0, 1], labels, and an optional second label set."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor | None = None  # positions in ctx.train_x (None for synthetic rows)
+    y2: Tensor | None = None  # second labels (mixing methods)
+    lam: float = 1.0  # weight of y; y2 gets 1 - lam
+
+
+class Method:
+    """No-op hooks; see the module docstring.  Subclass and register."""
+
+    name = "none"
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise ValueError(f"method {self.name!r} takes no parameters, got {sorted(params)}.")
+
+    def setup(self, ctx: "Context") -> None: ...
+
+    def epoch_start(self, ctx: "Context", epoch: int) -> None: ...
+
+    def epoch_end(self, ctx: "Context", epoch: int) -> None: ...
+
+    def batch(self, ctx: "Context", batch: Batch) -> Batch:
+        return batch
+
+    def loss(self, ctx: "Context", batch: Batch) -> Tensor | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+_METHODS: dict[str, type[Method]] = {"none": Method}
+_METHOD_MODULES: dict[str, str] = {}  # name -> module that registers it on import (filled as methods land)
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a :class:`Method` available by its ``name``."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(set(_METHODS) | set(_METHOD_MODULES))
+
+
+def make_method(name: str, params: dict) -> Method:
+    if name not in _METHODS and name in _METHOD_MODULES:
+        __import__(_METHOD_MODULES[name])
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}.")
+    return _METHODS[name](**params)
+
+
+# =========================================================================== distributed
+def init_distributed(device_kind: str) -> tuple[int, int, int]:
+    """Initialise torch.distributed when launched by torchrun; returns (rank, world, local_rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+# =========================================================================== context
+@dataclass
+class Context:
+    """What hooks see: the run's objects, the device-resident data, the distributed layout."""
+
+    config: TrainConfig
+    data: Any  # ltkit.data.TensorData or FileData
+    class_counts: list[int]
+    model: nn.Module  # the (possibly DDP-wrapped) model being trained
+    loss_fn: losses.LTLoss
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    train_x: Tensor | None = None  # uint8 images on the device (tensor data sets)
+    train_y: Tensor | None = None
+    epoch: int = 0
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The model without its DDP / compile wrappers (for ``features`` and ``head``)."""
+        model = self.model
+        model = getattr(model, "module", model)
+        return getattr(model, "_orig_mod", model)
+
+    def autocast(self):
+        enabled = self.config.amp and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def mixed_loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """``lam·L(logits, y) + (1 - lam)·L(logits, y2)`` (just ``L(logits, y)`` without y2)."""
+        logits = logits.float()
+        value = self.loss_fn(logits, batch.y)
+        if batch.y2 is not None and batch.lam < 1:
+            value = batch.lam * value + (1 - batch.lam) * self.loss_fn(logits, batch.y2)
+        return value
+
+
+# =========================================================================== data on the device
+def to_unit_float(x: Tensor) -> Tensor:
+    """uint8 images -> float32 in [0, 1]."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop with zero padding (per image) and random horizontal flip, on the whole batch.
+
+    Equivalent to torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip``
+    applied image by image, but one gather for the batch on its device.
+    """
+    n, _, h, w = x.shape
+    if padding > 0:
+        padded = F.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # n,1,1,w
+        batch_idx = torch.arange(n, device=x.device)[:, None, None, None]
+        chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[batch_idx, chan_idx, rows, cols]
+    if flip:
+        flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flips[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def _epoch_generator(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) * 7 + stream)
+
+
+def epoch_order(config: TrainConfig, labels: Tensor, counts: list[int], epoch: int, rank: int, world: int) -> Tensor:
+    """This rank's sample positions for one epoch: one global draw, sharded by position."""
+    n = len(labels)
+    if config.sampler == "instance":
+        order = torch.randperm(n, generator=_epoch_generator(config.seed, epoch))
+        total = math.ceil(n / world) * world
+        order = torch.cat([order, order[: total - n]])  # pad by wrapping, as DistributedSampler does
+        return order[rank::world]
+    params = dict(config.sampler_params)
+    weights = sampling.make_sampler(labels, counts, config.sampler, epoch=epoch, total_epochs=config.epochs,
+                                    **params).weights
+    sampler = sampling.DistributedWeightedSampler(weights, n, num_replicas=world, rank=rank,
+                                                  seed=config.seed * 1_000_003)
+    sampler.set_epoch(epoch)
+    return sampling.epoch_indices(sampler)
+
+
+def tensor_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
+    config = ctx.config
+    labels = ctx.train_y.cpu()
+    order = epoch_order(config, labels, ctx.class_counts, epoch, ctx.rank, ctx.world_size)
+    local_batch = config.batch_size // ctx.world_size
+    gen = _epoch_generator(config.seed, epoch, ctx.rank, stream=1)
+    for start in range(0, len(order), local_batch):
+        idx = order[start:start + local_batch].to(ctx.device)
+        x = to_unit_float(ctx.train_x[idx])
+        if config.augment != "none":
+            x = augment_batch(x, config.crop_padding, config.augment == "crop-flip", gen)
+        yield Batch(x=x, y=ctx.train_y[idx], index=idx)
+
+
+def _file_transforms(config: TrainConfig, train: bool):
+    from torchvision.transforms import v2
+
+    size = config.image_size
+    ops = ([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if train and config.augment != "none"
+           else [v2.Resize(int(size * 256 / 224), antialias=True), v2.CenterCrop(size)])
+    return v2.Compose([v2.ToImage(), *ops, v2.ToDtype(torch.float32, scale=True)])
+
+
+def _file_loader(ctx: Context, dataset, sampler, shuffle_free: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=ctx.config.batch_size // ctx.world_size, sampler=sampler,
+        num_workers=ctx.config.num_workers, pin_memory=ctx.device.type == "cuda",
+        persistent_workers=False, drop_last=False,
+    )
+
+
+class _ListSampler(torch.utils.data.Sampler[int]):
+    def __init__(self, order: Tensor):
+        self.order = order
+
+    def __iter__(self):
+        return iter(self.order.tolist())
+
+    def __len__(self):
+        return len(self.order)
+
+
+def file_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
+    dataset = ctx.data.train
+    dataset.transform = _file_transforms(ctx.config, train=True)
+    order = epoch_order(ctx.config, torch.tensor(dataset.targets), ctx.class_counts, epoch, ctx.rank, ctx.world_size)
+    for x, y in _file_loader(ctx, dataset, _ListSampler(order), True):
+        yield Batch(x=x.to(ctx.device, non_blocking=True), y=y.to(ctx.device, non_blocking=True))
+
+
+# =========================================================================== evaluation
+@torch.no_grad()
+def evaluate(ctx: Context) -> dict:
+    """Final-style evaluation on the full test set (sharded over ranks, confusion all-reduced)."""
+    model = ctx.model
+    model.eval()
+    confusion = torch.zeros(ctx.data.num_classes, ctx.data.num_classes, dtype=torch.int64, device=ctx.device)
+    for x, y in _test_batches(ctx):
+        with ctx.autocast():
+            logits = model(_memory_format(ctx, x))
+        predictions = ctx.loss_fn.predict_logits(logits.float()).argmax(1)
+        confusion += metrics.confusion_matrix(y, predictions, ctx.data.num_classes)
+    all_reduce_sum(confusion)
+    model.train()
+    result = metrics.evaluate(confusion.cpu(), ctx.class_counts, ctx.config.many, ctx.config.few)
+    result["confusion"] = confusion.cpu().tolist()
+    return result
+
+
+def _test_batches(ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
+    if isinstance(ctx.data, ltdata.TensorData):
+        positions = torch.arange(ctx.rank, len(ctx.data.y_test), ctx.world_size)
+        for start in range(0, len(positions), 1024):
+            idx = positions[start:start + 1024]
+            yield to_unit_float(ctx.data.x_test[idx].to(ctx.device)), ctx.data.y_test[idx].to(ctx.device)
+        return
+    dataset = ctx.data.test
+    dataset.transform = _file_transforms(ctx.config, train=False)
+    shard = _ListSampler(torch.arange(ctx.rank, len(dataset), ctx.world_size))
+    for x, y in _file_loader(ctx, dataset, shard, True):
+        yield x.to(ctx.device), y.to(ctx.device)
+
+
+def _memory_format(ctx: Context, x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if ctx.config.channels_last and ctx.device.type == "cuda" else x
+
+
+# =========================================================================== schedule
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Linear warm-up, then step decay (``step_gamma`` per milestone passed) or cosine."""
+    if epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1) / config.warmup_epochs
+    if config.schedule == "step":
+        return config.lr * config.step_gamma ** sum(epoch >= m for m in config.milestones)
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# =========================================================================== building
+def resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def load_data(config: TrainConfig):
+    kwargs: dict[str, Any] = {}
+    if config.imbalance_factor is not None:
+        kwargs["imbalance_factor"] = config.imbalance_factor
+    if config.dataset == "digits-lt":
+        return ltdata.load_digits_lt(seed=config.data_seed, **kwargs)
+    if config.dataset in ("cifar10-lt", "cifar100-lt"):
+        kwargs.update(subset=config.subset, seed=config.data_seed)
+    return ltdata.load_dataset(config.dataset, root=config.data_root, **kwargs)
+
+
+def build_model(config: TrainConfig, data, loss_fn: losses.LTLoss) -> nn.Module:
+    params = dict(config.model_params)
+    params.setdefault("cosine_head", loss_fn.needs_cosine_head)
+    if isinstance(data, ltdata.TensorData):
+        channels, size, _ = data.image_shape
+        params.setdefault("in_channels", channels)
+        params.setdefault("image_size", size)
+    return models.make_model(config.model, data.num_classes, **params)
+
+
+def _set_determinism(config: TrainConfig) -> None:
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+# =========================================================================== fit
+def fit(config: TrainConfig | str = "digits-lt", /, **overrides: Any) -> dict:
+    """Train and evaluate; returns the run record (see :func:`ltkit.runs.load_run`).
+
+    ``config`` is a :class:`TrainConfig` or a preset name; keyword overrides
+    are applied on top (``fit("digits-lt", loss="bs", seed=2)``).
+    """
+    if isinstance(config, str):
+        config = preset(config, **overrides)
+    elif overrides:
+        config = make_config(**{**config.to_dict(), **overrides})
+    else:
+        validate(config)
+    kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
+    rank, world, local_rank = init_distributed(kind)
+    device = resolve_device(config, local_rank)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size={config.batch_size} is the global batch: it must be divisible by the {world} processes.")
+    run_dir = Path(config.out_dir) / config.run_name()
+    status = _prepare(run_dir, config, rank)
+    if status == "finished":
+        return runs.load_run(run_dir)
+    _set_determinism(config)
+    data = load_data(config)
+    counts = data.class_counts
+    loss_fn = losses.make_loss(config.loss, counts, **config.loss_params).to(device)
+    loss_fn.check_targets = False  # the labels are checked once, below
+    torch.manual_seed(config.seed)
+    model = build_model(config, data, loss_fn).to(device)
+    if config.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    method = make_method(config.method, dict(config.method_params))
+    ctx = Context(config, data, counts, model, loss_fn, optimizer, device, rank, world)
+    if isinstance(data, ltdata.TensorData):
+        ctx.train_x, ctx.train_y = data.x_train.to(device), data.y_train.to(device)
+        if int(data.y_train.min()) < 0 or int(data.y_train.max()) >= data.num_classes:
+            raise ValueError(f"training labels must lie in [0, {data.num_classes}).")
+    method.setup(ctx)
+    start_epoch, history = 0, []
+    if status == "resume":
+        start_epoch = _restore(run_dir / "checkpoint.pt", ctx, method)
+        if rank == 0:
+            runs.truncate_history(run_dir, start_epoch - 1)
+    model = ctx.model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    if config.compile:
+        model = torch.compile(model)
+    ctx.model = model
+    if rank == 0:
+        runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=runs.environment(device, world),
+                                                      class_counts=counts, classes=data.classes))
+    started = time.time()
+    result = None
+    epochs = range(start_epoch, config.epochs)
+    for epoch in _progress(epochs, len(epochs), config.run_name(), config.progress and rank == 0):
+        row = _train_epoch(ctx, method, epoch)
+        last = epoch == config.epochs - 1
+        if last or (epoch + 1) % config.eval_every == 0:
+            result = evaluate(ctx)
+            row.update({k: result[k] for k in ("overall", "many", "medium", "few", "worst")})
+        history.append(row)
+        if rank == 0:
+            runs.append_history(run_dir, row)
+            if last or (epoch + 1) % config.checkpoint_every == 0:
+                _checkpoint(run_dir / "checkpoint.pt", ctx, method, epoch)
+    if result is None:  # nothing left to train (resumed after the last epoch was checkpointed)
+        result = evaluate(ctx)
+    result.update(class_counts=counts, epochs=config.epochs, final_epoch=config.epochs - 1,
+                  wall_time_s=round(time.time() - started, 3), world_size=world)
+    if rank == 0:
+        runs.write_json(run_dir / "result.json", result)
+    _barrier()
+    return runs.load_run(run_dir)
+
+
+def _prepare(run_dir: Path, config: TrainConfig, rank: int) -> str:
+    """Rank 0 decides (and creates the folder); the others follow its decision."""
+    status = runs.prepare_run_dir(run_dir, config.to_dict(), config.if_exists) if rank == 0 else ""
+    if dist.is_available() and dist.is_initialized():
+        box = [status]
+        dist.broadcast_object_list(box, src=0)
+        status = box[0]
+    return status
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
+    config = ctx.config
+    ctx.epoch = epoch
+    lr = learning_rate(config, epoch)
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = lr
+    ctx.loss_fn.set_epoch(epoch)
+    method.epoch_start(ctx, epoch)
+    ctx.model.train()
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    seen = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    batches = tensor_batches(ctx, epoch) if ctx.train_x is not None else file_batches(ctx, epoch)
+    for batch in batches:
+        batch = method.batch(ctx, batch)
+        batch.x = _memory_format(ctx, batch.x)
+        with ctx.autocast():
+            value = method.loss(ctx, batch)
+            if value is None:
+                value = ctx.mixed_loss(ctx.model(batch.x), batch)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        ctx.optimizer.step()
+        loss_sum += value.detach().double() * len(batch.y)
+        seen += len(batch.y)
+    method.epoch_end(ctx, epoch)
+    totals = all_reduce_sum(torch.stack([loss_sum, seen]))
+    train_loss = float(totals[0] / totals[1])
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"epoch {epoch}: the training loss is {train_loss}; lower lr (now {lr:g}) or check the data.")
+    return dict(epoch=epoch, lr=lr, train_loss=train_loss)
+
+
+def _checkpoint(path: Path, ctx: Context, method: Method, epoch: int) -> None:
+    runs.save_checkpoint(path, dict(
+        epoch=epoch, model=ctx.base_model.state_dict(), optimizer=ctx.optimizer.state_dict(),
+        loss=ctx.loss_fn.state_dict(), method=method.state_dict(), config=ctx.config.to_dict(),
+    ))
+
+
+def _restore(path: Path, ctx: Context, method: Method) -> int:
+    state = runs.load_checkpoint(path, map_location=ctx.device)
+    try:
+        ctx.base_model.load_state_dict(state["model"])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.loss_fn.load_state_dict(state["loss"])
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise RuntimeError(f"the checkpoint {path} does not fit this run ({err}). Use if_exists='overwrite' to restart.") from err
+    return int(state["epoch"]) + 1
+
+
+# =========================================================================== command line
+def _parse_value(text: str, annotation: str) -> Any:
+    if text == "None" and "None" in annotation:
+        return None
+    if annotation.startswith(("dict", "list")):
+        return json.loads(text)
+    if annotation.startswith("bool"):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        return text.lower() in ("true", "1")
+    for caster in ((int, float) if "int" in annotation else (float,) if "float" in annotation else ()):
+        try:
+            return caster(text)
+        except ValueError:
+            continue
+    if "int" in annotation or "float" in annotation:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ltkit.train",
+        description="Train on a long-tailed data set (also under torchrun). Every TrainConfig field is an option.",
+    )
+    parser.add_argument("--preset", default="digits-lt", help=f"one of: {', '.join(PRESETS)} (default digits-lt)")
+    parser.add_argument("--resume", action="store_true", help="continue (or reuse) the run of the same name")
+    parser.add_argument("--config-json", help="a JSON file of TrainConfig fields (used by ltkit.launch)")
+    for f in dataclasses.fields(TrainConfig):
+        annotation = str(f.type)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+                            type=lambda text, a=annotation: _parse_value(text, a), help=f"({annotation})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = vars(build_parser().parse_args(argv))
+    base = PRESETS.get(args.pop("preset"), None)
+    if base is None:
+        raise SystemExit(f"unknown preset; choose one of: {', '.join(PRESETS)}")
+    if path := args.pop("config_json", None):
+        base = {**base, **json.loads(Path(path).read_text())}
+    if args.pop("resume"):
+        args["if_exists"] = "resume"
+    try:
+        record = fit(make_config(**{**base, **args}))
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"ltkit.train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        r = record["result"]
+        print(json.dumps(dict(run=record["dir"], **{k: r[k] for k in ("overall", "many", "medium", "few", "worst")})))
+    return record
+
+
+if __name__ == "__main__":
+    main()

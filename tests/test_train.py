@@ -1,0 +1,197 @@
+"""The training engine: schedule, augmentation, run records, resume, DDP, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ltkit import runs, train
+
+QUICK = dict(epochs=4, progress=False)
+
+
+def _fit(tmp_path, **overrides):
+    return train.fit("digits-lt", **{**QUICK, "out_dir": str(tmp_path), **overrides})
+
+
+def _state(run_dir) -> dict:
+    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)["model"]
+
+
+# --------------------------------------------------------------------------- schedule
+def test_paper_schedule_matches_the_note():
+    """0.1 with 5 warm-up epochs, x0.01 after epoch 160, x0.0001 after 180 (LDAM / CMO code)."""
+    config = train.preset("cifar100-lt")
+    lrs = [train.learning_rate(config, e) for e in range(200)]
+    assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])
+    assert lrs[5] == lrs[159] == pytest.approx(0.1)
+    assert lrs[160] == lrs[179] == pytest.approx(1e-3)
+    assert lrs[180] == lrs[199] == pytest.approx(1e-5)
+
+
+def test_cosine_schedule_ends_near_zero():
+    config = train.preset("digits-lt", epochs=30, warmup_epochs=2)
+    lrs = [train.learning_rate(config, e) for e in range(30)]
+    assert lrs[2] == pytest.approx(config.lr) and lrs[-1] < 0.01 * config.lr
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_batched_crop_and_flip_are_real_crops_of_the_padded_image():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = train.augment_batch(x, padding=2, flip=True, generator=torch.Generator().manual_seed(1))
+    padded = F.pad(x, (2, 2, 2, 2))
+    flipped = 0
+    for i in range(len(x)):
+        crops = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        plain = any(torch.equal(out[i], c) for c in crops)
+        mirrored = any(torch.equal(out[i], c.flip(2)) for c in crops)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 15 < flipped < 50  # about half are flipped
+
+
+# --------------------------------------------------------------------------- a run and its record
+def test_run_record_is_complete(tmp_path):
+    record = _fit(tmp_path, loss="bs", eval_every=2)
+    result, config = record["result"], record["config"]
+    assert config["loss"] == "bs" and config["epochs"] == 4
+    assert record["env"]["torch"] == torch.__version__ and record["env"]["world_size"] == 1
+    assert [row["epoch"] for row in record["history"]] == [0, 1, 2, 3]
+    assert "overall" in record["history"][1] and "overall" not in record["history"][0]
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.sum() == 300  # the full balanced test set
+    assert result["overall"] == pytest.approx(confusion.trace().item() / 300)
+    assert set(result) >= {"many", "medium", "few", "worst", "per_class", "class_counts", "wall_time_s"}
+    assert runs.load_runs(tmp_path)[0]["name"] == "digits-lt-bs-s0"
+
+
+def test_run_directory_is_never_silently_overwritten(tmp_path):
+    _fit(tmp_path, epochs=1)
+    with pytest.raises(FileExistsError, match="already exists"):
+        _fit(tmp_path, epochs=1)
+    again = _fit(tmp_path, epochs=1, if_exists="resume")  # a finished run is reused, not retrained
+    assert again["result"]["wall_time_s"] == runs.load_run(again["dir"])["result"]["wall_time_s"]
+    with pytest.raises(ValueError, match="differs in \\['lr'\\]"):
+        _fit(tmp_path, epochs=1, if_exists="resume", lr=0.01)
+
+
+def test_training_is_deterministic(tmp_path):
+    a = _fit(tmp_path, name="a", epochs=2)
+    b = _fit(tmp_path, name="b", epochs=2)
+    assert a["result"]["confusion"] == b["result"]["confusion"]
+    for key, value in _state(a["dir"]).items():
+        assert torch.equal(value, _state(b["dir"])[key]), key
+
+
+def test_weighted_sampler_runs_and_changes_the_result(tmp_path):
+    plain = _fit(tmp_path, name="plain", epochs=2)
+    balanced = _fit(tmp_path, name="balanced", epochs=2, sampler="class-balanced")
+    assert plain["result"]["confusion"] != balanced["result"]["confusion"]
+
+
+# --------------------------------------------------------------------------- kill and resume
+def _cli(tmp_path, *args) -> list[str]:
+    return [sys.executable, "-m", "ltkit.train", "--preset", "digits-lt", "--out-dir", str(tmp_path),
+            "--progress", "false", "--epochs", "25", *args]
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    """SIGKILL a real training process mid-run; --resume ends bit-exactly where an uninterrupted run ends."""
+    subprocess.run(_cli(tmp_path, "--name", "whole"), check=True, capture_output=True)
+    proc = subprocess.Popen(_cli(tmp_path, "--name", "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "killed" / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "result.json").exists()
+    subprocess.run(_cli(tmp_path, "--name", "killed", "--resume"), check=True, capture_output=True)
+    whole, resumed = runs.load_run(tmp_path / "whole"), runs.load_run(tmp_path / "killed")
+    assert resumed["result"]["confusion"] == whole["result"]["confusion"]
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]
+    for key, value in _state(whole["dir"]).items():
+        assert torch.equal(value, _state(resumed["dir"])[key]), key
+
+
+def test_resume_from_missing_or_corrupt_checkpoint(tmp_path):
+    record = _fit(tmp_path, epochs=2)
+    run_dir = Path(record["dir"])
+    (run_dir / "result.json").unlink()
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="corrupt or truncated"):
+        _fit(tmp_path, epochs=2, if_exists="resume")
+    (run_dir / "checkpoint.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _fit(tmp_path, epochs=2, if_exists="resume")
+
+
+# --------------------------------------------------------------------------- DDP
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_two_process_gloo_ddp_matches_single_process(tmp_path):
+    """torchrun --nproc_per_node=2 on CPU (gloo) == one process, for a model without batch norm.
+
+    With a global batch split in two, DDP's averaged gradient equals the
+    single-process batch gradient; only the summation order differs.
+    IF=14 gives 518 training images, an even number, so the shards tile the epoch exactly.
+    """
+    common = ["--model", "mlp", "--augment", "none", "--epochs", "3", "--imbalance-factor", "14",
+              "--out-dir", str(tmp_path), "--progress", "false"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "ltkit.train", "--name", "single", *common], check=True, capture_output=True, env=env)
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "ltkit.train", "--name", "ddp", *common],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single, ddp = runs.load_run(tmp_path / "single"), runs.load_run(tmp_path / "ddp")
+    assert ddp["env"]["world_size"] == 2 and ddp["result"]["world_size"] == 2
+    assert sum(map(sum, ddp["result"]["confusion"])) == 300  # all-reduced over both test shards
+    for a, b in zip(single["history"], ddp["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    for key, value in _state(single["dir"]).items():
+        torch.testing.assert_close(_state(ddp["dir"])[key], value, rtol=1e-4, atol=1e-5)
+    assert abs(single["result"]["overall"] - ddp["result"]["overall"]) <= 1 / 300
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: train.preset("cifar1000-lt"), ValueError, "unknown preset 'cifar1000-lt'; choose one of"),
+        (lambda: train.preset("digits-lt", loss="xent"), ValueError, "unknown loss 'xent'; choose one of: ce"),
+        (lambda: train.preset("digits-lt", epochs="10"), TypeError, "config field 'epochs' expects int, got str"),
+        (lambda: train.preset("digits-lt", lr=True), TypeError, "config field 'lr' expects float"),
+        (lambda: train.preset("digits-lt", epoch=3), ValueError, r"unknown config field\(s\) \['epoch'\]"),
+        (lambda: train.preset("digits-lt", warmup_epochs=-1), ValueError, "warmup_epochs=-1 must be >= 0"),
+    ],
+)
+def test_bad_config_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_class_counts_of_the_wrong_length():
+    from ltkit import losses
+
+    with pytest.raises(ValueError, match="class_counts has 3 entries but logits have 10 columns"):
+        losses.make_loss("bs", [50, 10, 5])(torch.randn(4, 10), torch.tensor([0, 1, 2, 3]))
+
+
+def test_cli_prints_a_clear_error_not_a_traceback(tmp_path):
+    done = subprocess.run(_cli(tmp_path, "--loss", "xent"), capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "ltkit.train: error: unknown loss 'xent'" in done.stderr and "Traceback" not in done.stderr
