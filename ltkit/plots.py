@@ -51,3 +51,41 @@ def plot_cumulative_share(counts_by_name: dict[str, Sequence[int]], ax: plt.Axes
     ax.set_ylabel("share of training images")
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_group_bars(records: dict[str, list[dict]], ax: plt.Axes | None = None,
+                    keys: Sequence[str] = ("overall", "many", "medium", "few", "worst")) -> plt.Axes:
+    """Grouped bars: accuracy by group for each label, mean over seeds with ± std error bars."""
+    ax = ax or plt.gca()
+    width = 0.8 / max(1, len(records))
+    for i, (label, rs) in enumerate(records.items()):
+        values = np.array([[r["result"][k] for k in keys] for r in rs], dtype=float) * 100
+        ax.bar(np.arange(len(keys)) + i * width, np.nanmean(values, 0), width,
+               yerr=np.nanstd(values, 0, ddof=1) if len(rs) > 1 else None, capsize=2, label=label)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_per_class_vs_size(records: dict[str, list[dict]], ax: plt.Axes | None = None,
+                           many: int = profiles.MANY_THRESHOLD, few: int = profiles.FEW_THRESHOLD) -> plt.Axes:
+    """Per-class accuracy (mean over seeds) against training class size (log axis); background shaded by group."""
+    ax = ax or plt.gca()
+    counts = None
+    for label, rs in records.items():
+        counts = np.array(rs[0]["result"]["class_counts"])
+        acc = np.nanmean([r["result"]["per_class"] for r in rs], axis=0) * 100
+        order = np.argsort(counts)
+        ax.plot(counts[order], acc[order], marker="o", markersize=3, label=label)
+    if counts is not None:
+        lo, hi = counts.min() * 0.8, counts.max() * 1.25
+        ax.axvspan(lo, few, color=GROUP_COLORS["few"], alpha=0.08)
+        ax.axvspan(few, many, color=GROUP_COLORS["medium"], alpha=0.08)
+        ax.axvspan(many, max(hi, many), color=GROUP_COLORS["many"], alpha=0.08)
+        ax.set_xlim(lo, hi)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images in the class (log)")
+    ax.set_ylabel("per-class test accuracy (%)")
+    ax.legend(fontsize=7)
+    return ax

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltkit import runs, train
+from ltkit import launch, runs, train
 
 QUICK = dict(epochs=4, progress=False)
 
@@ -140,24 +139,17 @@ def test_resume_from_missing_or_corrupt_checkpoint(tmp_path):
 
 
 # --------------------------------------------------------------------------- DDP
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun not installed")
-def test_two_process_gloo_ddp_matches_single_process(tmp_path):
-    """torchrun --nproc_per_node=2 on CPU (gloo) == one process, for a model without batch norm.
+def test_two_process_gloo_ddp_matches_single_process(tmp_path, monkeypatch):
+    """launch.run(nproc=2) = torchrun on CPU (gloo) == one process, for a model without batch norm.
 
     With a global batch split in two, DDP's averaged gradient equals the
     single-process batch gradient; only the summation order differs.
     IF=14 gives 518 training images, an even number, so the shards tile the epoch exactly.
     """
-    common = ["--model", "mlp", "--augment", "none", "--epochs", "3", "--imbalance-factor", "14",
-              "--out-dir", str(tmp_path), "--progress", "false"]
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "ltkit.train", "--name", "single", *common], check=True, capture_output=True, env=env)
-    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "ltkit.train", "--name", "ddp", *common],
-                          capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    single, ddp = runs.load_run(tmp_path / "single"), runs.load_run(tmp_path / "ddp")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = dict(model="mlp", augment="none", epochs=3, imbalance_factor=14, out_dir=str(tmp_path), progress=False)
+    single = launch.run("digits-lt", name="single", **common)
+    ddp = launch.run("digits-lt", nproc=2, name="ddp", **common)
     assert ddp["env"]["world_size"] == 2 and ddp["result"]["world_size"] == 2
     assert sum(map(sum, ddp["result"]["confusion"])) == 300  # all-reduced over both test shards
     for a, b in zip(single["history"], ddp["history"]):
@@ -165,6 +157,11 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     for key, value in _state(single["dir"]).items():
         torch.testing.assert_close(_state(ddp["dir"])[key], value, rtol=1e-4, atol=1e-5)
     assert abs(single["result"]["overall"] - ddp["result"]["overall"]) <= 1 / 300
+
+
+def test_launcher_reports_a_failed_torchrun(tmp_path):
+    with pytest.raises(RuntimeError, match="torchrun exited with"):
+        launch.run("digits-lt", nproc=2, batch_size=63, epochs=1, out_dir=str(tmp_path), progress=False)
 
 
 # --------------------------------------------------------------------------- bad input
