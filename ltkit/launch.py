@@ -64,18 +64,22 @@ def _torchrun(config: train.TrainConfig, nproc: int, nnodes: int, rdzv_endpoint:
 
 
 def run_grid(methods: dict[str, dict], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
-             nproc: int = 1, **common: Any) -> dict[str, list[dict]]:
+             nproc: int = 1, progress: bool = True, **common: Any) -> dict[str, list[dict]]:
     """Train every named configuration (``{label: overrides}``) for every seed.
 
     Runs are named ``<label>-s<seed>`` and reused when they already exist with
     the same config (``if_exists='resume'``), so re-running a cell costs nothing.
+    One progress bar counts the runs (pass ``progress=False`` to hide it).
     """
     from tqdm.auto import tqdm
 
     records: dict[str, list[dict]] = {}
     jobs = [(label, seed) for label in methods for seed in seeds]
-    for label, seed in tqdm(jobs, desc="runs", disable=not common.get("progress", True)):
-        overrides = {"if_exists": "resume", **common, **methods[label], "seed": seed, "name": f"{label}-s{seed}"}
+    bar = tqdm(jobs, desc="runs", disable=not progress)
+    for label, seed in bar:
+        bar.set_postfix_str(f"{label}, seed {seed}")
+        overrides = {"if_exists": "resume", "progress": False, **common, **methods[label], "seed": seed,
+                     "name": f"{label}-s{seed}"}
         records.setdefault(label, []).append(run(base, nproc=nproc, **overrides))
     return records
 

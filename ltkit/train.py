@@ -392,7 +392,7 @@ def _file_transforms(config: TrainConfig, train: bool):
     return v2.Compose([v2.ToImage(), *ops, v2.ToDtype(torch.float32, scale=True)])
 
 
-def _file_loader(ctx: Context, dataset, sampler, shuffle_free: bool) -> torch.utils.data.DataLoader:
+def _file_loader(ctx: Context, dataset, sampler) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset, batch_size=ctx.config.batch_size // ctx.world_size, sampler=sampler,
         num_workers=ctx.config.num_workers, pin_memory=ctx.device.type == "cuda",
@@ -415,7 +415,7 @@ def file_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
     dataset = ctx.data.train
     dataset.transform = _file_transforms(ctx.config, train=True)
     order = epoch_order(ctx.config, torch.tensor(dataset.targets), ctx.class_counts, epoch, ctx.rank, ctx.world_size)
-    for x, y in _file_loader(ctx, dataset, _ListSampler(order), True):
+    for x, y in _file_loader(ctx, dataset, _ListSampler(order)):
         yield Batch(x=x.to(ctx.device, non_blocking=True), y=y.to(ctx.device, non_blocking=True))
 
 
@@ -448,7 +448,7 @@ def _test_batches(ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
     dataset = ctx.data.test
     dataset.transform = _file_transforms(ctx.config, train=False)
     shard = _ListSampler(torch.arange(ctx.rank, len(dataset), ctx.world_size))
-    for x, y in _file_loader(ctx, dataset, shard, True):
+    for x, y in _file_loader(ctx, dataset, shard):
         yield x.to(ctx.device), y.to(ctx.device)
 
 
@@ -517,11 +517,14 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 # =========================================================================== fit
-def fit(config: TrainConfig | str = "digits-lt", /, **overrides: Any) -> dict:
+def fit(config: TrainConfig | str = "digits-lt", /, *, data: Any = None, **overrides: Any) -> dict:
     """Train and evaluate; returns the run record (see :func:`ltkit.runs.load_run`).
 
     ``config`` is a :class:`TrainConfig` or a preset name; keyword overrides
-    are applied on top (``fit("digits-lt", loss="bs", seed=2)``).
+    are applied on top (``fit("digits-lt", loss="bs", seed=2)``).  ``data``
+    (a :class:`ltkit.data.TensorData` or ``FileData``) replaces the data set
+    the config names, e.g. your own tensors or random data for a benchmark;
+    its ``info`` is stored in the run record.
     """
     if isinstance(config, str):
         config = preset(config, **overrides)
@@ -539,7 +542,7 @@ def fit(config: TrainConfig | str = "digits-lt", /, **overrides: Any) -> dict:
     if status == "finished":
         return runs.load_run(run_dir)
     _set_determinism(config)
-    data = load_data(config)
+    data = load_data(config) if data is None else data
     counts = data.class_counts
     loss_fn = losses.make_loss(config.loss, counts, **config.loss_params).to(device)
     loss_fn.check_targets = False  # the labels are checked once, below
@@ -569,7 +572,8 @@ def fit(config: TrainConfig | str = "digits-lt", /, **overrides: Any) -> dict:
     ctx.model = model
     if rank == 0:
         runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=runs.environment(device, world),
-                                                      class_counts=counts, classes=data.classes))
+                                                      class_counts=counts, classes=data.classes,
+                                                      data_info=getattr(data, "info", {})))
     started = time.time()
     result = None
     epochs = range(start_epoch, config.epochs)
@@ -621,6 +625,7 @@ def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
     loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
     seen = torch.zeros((), device=ctx.device, dtype=torch.float64)
     batches = tensor_batches(ctx, epoch) if ctx.train_x is not None else file_batches(ctx, epoch)
+    started = time.perf_counter()
     for batch in batches:
         batch = method.batch(ctx, batch)
         batch.x = _memory_format(ctx, batch.x)
@@ -638,7 +643,8 @@ def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
     train_loss = float(totals[0] / totals[1])
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"epoch {epoch}: the training loss is {train_loss}; lower lr (now {lr:g}) or check the data.")
-    return dict(epoch=epoch, lr=lr, train_loss=train_loss)
+    return dict(epoch=epoch, lr=lr, train_loss=train_loss, time_s=round(time.perf_counter() - started, 4),
+                images=int(totals[1]))
 
 
 def _checkpoint(path: Path, ctx: Context, method: Method, epoch: int) -> None:

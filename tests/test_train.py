@@ -192,3 +192,20 @@ def test_cli_prints_a_clear_error_not_a_traceback(tmp_path):
     done = subprocess.run(_cli(tmp_path, "--loss", "xent"), capture_output=True, text=True)
     assert done.returncode == 2
     assert "ltkit.train: error: unknown loss 'xent'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_trains_on_split_files_through_dataloader_workers(tmp_path):
+    """The large-data path: an image tree + split files, torchvision.transforms.v2, DataLoader."""
+    from test_data import _write_image_tree
+
+    root = tmp_path / "ImageNet_LT"
+    _write_image_tree(root, [12, 6, 3], test_per_class=2)
+    from ltkit.data import load_dataset
+
+    data = load_dataset("imagenet-lt", root=root, num_classes=3)
+    record = train.fit("imagenet-lt", data=data, data_root=str(root), model="small-cnn", model_params={"in_channels": 3},
+                       image_size=16, batch_size=8, epochs=2, num_workers=0, out_dir=str(tmp_path / "runs"),
+                       progress=False)
+    assert record["result"]["class_counts"] == [12, 6, 3]
+    assert sum(map(sum, record["result"]["confusion"])) == 6
+    assert [row["images"] for row in record["history"]] == [21, 21]
