@@ -335,7 +335,20 @@ SPLIT_FILES = {
     "inat2018": ("iNaturalist18_train.txt", "iNaturalist18_val.txt", 8142),
 }
 
-DATASETS = ("digits-lt", "cifar10-lt", "cifar100-lt", *SPLIT_FILES)
+# Bundled data sets (built from packaged data, nothing downloaded): name -> "module:function".
+BUNDLED = {
+    "digits-lt": "ltkit.data:load_digits_lt",
+    "context-digits-lt": "ltkit.context_digits:load_context_digits_lt",
+}
+DATASETS = (*BUNDLED, "cifar10-lt", "cifar100-lt", *SPLIT_FILES)
+
+
+def load_bundled(name: str, **kwargs) -> TensorData:
+    """A bundled data set by name; keyword arguments go to its loader."""
+    import importlib
+
+    module, function = BUNDLED[name].split(":")
+    return getattr(importlib.import_module(module), function)(**kwargs)
 
 
 def load_dataset(name: str = "digits-lt", root: str | os.PathLike | None = None, **kwargs) -> TensorData | FileData:
@@ -344,12 +357,12 @@ def load_dataset(name: str = "digits-lt", root: str | os.PathLike | None = None,
     For the split-file data sets, ``root`` holds the images and the two split
     files (or pass ``train_file`` / ``test_file``).
     """
-    if name == "digits-lt":
-        return load_digits_lt(**kwargs)
+    if name in BUNDLED:
+        return load_bundled(name, **kwargs)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}.")
     if root is None:
-        raise ValueError(f"{name} is read from disk: pass root=<data folder> (digits-lt is the only bundled data set).")
+        raise ValueError(f"{name} is read from disk: pass root=<data folder> (bundled, no root needed: {', '.join(BUNDLED)}).")
     if name in ("cifar10-lt", "cifar100-lt"):
         return load_cifar_lt(root, num_classes=10 if name == "cifar10-lt" else 100, **kwargs)
     train_name, test_name, num_classes = SPLIT_FILES[name]

@@ -37,8 +37,11 @@ A method (CMO, Syn-LT, CWS, feedback synthesis) subclasses :class:`Method`
 and overrides only what it needs; every hook has a no-op default:
 
 ``setup(ctx)``
-    after data, model, loss and optimiser exist: may wrap the model, replace
-    the head, add training data to ``ctx.train_x`` / ``ctx.train_y``.
+    after data, model and loss exist, before the optimiser is built (so
+    modules a method adds to ``ctx.model`` are trained) and before DDP wraps the
+    model: may wrap the model (its ``forward`` must return class logits, and
+    it should keep ``features`` / ``head``), replace the head, add training
+    data to ``ctx.train_x`` / ``ctx.train_y``.
 ``epoch_start(ctx, epoch)`` / ``epoch_end(ctx, epoch)``
     per-epoch work (e.g. refresh prototypes, synthesise a data set).
 ``batch(ctx, batch) -> Batch``
@@ -140,6 +143,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: the kit's bundled data set.
     "digits-lt": dict(dataset="digits-lt", model="small-cnn", augment="crop", crop_padding=1, epochs=30,
                       batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=2, schedule="cosine", milestones=[]),
+    # Digit glyphs composited on backgrounds (ltkit.context_digits): tail classes seen in few contexts.
+    "context-digits-lt": dict(dataset="context-digits-lt", model="small-cnn", augment="crop", crop_padding=2,
+                              epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=2,
+                              schedule="cosine", milestones=[]),
     # The LDAM / CMO schedule (see ../shared/notes/cmo-and-baselines.md).
     "cifar10-lt": dict(dataset="cifar10-lt", data_root="data", imbalance_factor=100, model="resnet32"),
     "cifar100-lt": dict(dataset="cifar100-lt", data_root="data", imbalance_factor=100, model="resnet32"),
@@ -243,7 +250,13 @@ class Method:
 
 
 _METHODS: dict[str, type[Method]] = {"none": Method}
-_METHOD_MODULES: dict[str, str] = {}  # name -> module that registers it on import (filled as methods land)
+# name -> the module that registers it on import (imported on first use)
+_METHOD_MODULES: dict[str, str] = {
+    **dict.fromkeys(("cutmix", "cmo", "cmo-minor", "cmo-back"), "ltkit.cmo"),
+    **dict.fromkeys(("m2m", "synlt"), "ltkit.synlt"),
+    **dict.fromkeys(("cws", "static-split"), "ltkit.cws"),
+    "feedback-fill": "ltkit.feedback",
+}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -258,7 +271,10 @@ def method_names() -> list[str]:
 
 def make_method(name: str, params: dict) -> Method:
     if name not in _METHODS and name in _METHOD_MODULES:
-        __import__(_METHOD_MODULES[name])
+        try:
+            __import__(_METHOD_MODULES[name])
+        except ModuleNotFoundError as err:
+            raise ValueError(f"method {name!r} lives in {_METHOD_MODULES[name]}, which is not available ({err}).") from err
     if name not in _METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}.")
     return _METHODS[name](**params)
@@ -292,7 +308,7 @@ class Context:
     class_counts: list[int]
     model: nn.Module  # the (possibly DDP-wrapped) model being trained
     loss_fn: losses.LTLoss
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None during Method.setup (built right after it)
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -481,8 +497,8 @@ def load_data(config: TrainConfig):
     kwargs: dict[str, Any] = {}
     if config.imbalance_factor is not None:
         kwargs["imbalance_factor"] = config.imbalance_factor
-    if config.dataset == "digits-lt":
-        return ltdata.load_digits_lt(seed=config.data_seed, **kwargs)
+    if config.dataset in ltdata.BUNDLED:
+        return ltdata.load_bundled(config.dataset, seed=config.data_seed, **kwargs)
     if config.dataset in ("cifar10-lt", "cifar100-lt"):
         kwargs.update(subset=config.subset, seed=config.data_seed)
     return ltdata.load_dataset(config.dataset, root=config.data_root, **kwargs)
@@ -550,15 +566,16 @@ def fit(config: TrainConfig | str = "digits-lt", /, *, data: Any = None, **overr
     model = build_model(config, data, loss_fn).to(device)
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
     method = make_method(config.method, dict(config.method_params))
-    ctx = Context(config, data, counts, model, loss_fn, optimizer, device, rank, world)
+    ctx = Context(config, data, counts, model, loss_fn, None, device, rank, world)
     if isinstance(data, ltdata.TensorData):
         ctx.train_x, ctx.train_y = data.x_train.to(device), data.y_train.to(device)
         if int(data.y_train.min()) < 0 or int(data.y_train.max()) >= data.num_classes:
             raise ValueError(f"training labels must lie in [0, {data.num_classes}).")
-    method.setup(ctx)
+    method.setup(ctx)  # may wrap the model or add modules to it: the optimiser is built afterwards
+    ctx.model = ctx.model.to(device)
+    ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay, nesterov=config.nesterov)
     start_epoch, history = 0, []
     if status == "resume":
         start_epoch = _restore(run_dir / "checkpoint.pt", ctx, method)
