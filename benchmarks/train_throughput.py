@@ -17,8 +17,10 @@ Two training loops:
    device as ``uint8`` and is augmented a batch at a time; on a GPU with
    ltkit's defaults (bf16 autocast, channels_last) and ``deterministic=False``
    (cuDNN autotuning, as the reference code does; ``--deterministic`` keeps
-   ltkit's default ``True``).  Epoch times are the ``time_s`` of the run's
-   history rows (the engine synchronises before it stops its clock).
+   ltkit's default ``True``; ``--compile`` sets ``compile=True``).  Epoch
+   times are the ``time_s`` of the run's history rows (the engine reads the
+   epoch's loss back from the device, a synchronisation, before it stops its
+   clock).
 2. **reference**: what the LDAM-DRW / CMO code does: a ``Dataset`` holding the
    images as an HWC ``uint8`` numpy array (like torchvision's ``CIFAR100``)
    returning ``transform(PIL.Image.fromarray(img))`` with torchvision's v1
@@ -39,7 +41,8 @@ Run it
 ------
     python benchmarks/train_throughput.py                      # CPU: 3 epochs of a 25 % subset
     python benchmarks/train_throughput.py --device cuda        # GPU: all 10,847 images, 5 epochs
-    python benchmarks/train_throughput.py --device cuda --full-run
+    python benchmarks/train_throughput.py --device cuda --full-run            # + one 200-epoch run
+    python benchmarks/train_throughput.py --device cuda --full-run --compile  # the same with torch.compile
 
 (from the repository root, with ltkit installed or not).  It prints; it is not a test.
 """
@@ -121,7 +124,8 @@ def time_ltkit(data: ltdata.TensorData, args: argparse.Namespace, out_dir: str) 
 
 def ltkit_system(args: argparse.Namespace) -> dict:
     """Overrides of the system fields: on a GPU, cuDNN autotuning unless --deterministic."""
-    return dict(deterministic=args.deterministic) if args.device == "cuda" else {}
+    system = dict(compile=True) if args.compile else {}
+    return {**system, "deterministic": args.deterministic} if args.device == "cuda" else system
 
 
 def time_reference(data: ltdata.TensorData, args: argparse.Namespace) -> dict:
@@ -199,8 +203,12 @@ def print_environment(args: argparse.Namespace, data: ltdata.TensorData) -> None
     print(f"data: {len(data.y_train):,} random training images{subset}, {data.num_classes} classes, "
           f"batch {args.batch_size}; {args.epochs} epochs, the first not counted")
     if args.device == "cuda":
-        print(f"ltkit: bf16 autocast, channels_last, deterministic={args.deterministic}; reference: fp32, "
-              "cudnn.benchmark")
+        print(f"ltkit: bf16 autocast, channels_last, deterministic={args.deterministic}, compile={args.compile}; "
+              "reference: fp32, cudnn.benchmark")
+    elif args.compile:
+        print("ltkit: compile=True")
+    if args.full_run and args.device == "cpu":
+        print("--full-run on a CPU: 200 epochs of 10,847 images take hours; it is meant for a GPU")
     print()
 
 
@@ -222,10 +230,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"fraction of the 10,847 images (default {CPU_SUBSET} on cpu, 1.0 on cuda)")
     parser.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (2 cpu, 4 cuda)")
     parser.add_argument("--deterministic", action="store_true", help="cuda: keep ltkit's deterministic=True")
+    parser.add_argument("--compile", action="store_true", help="ltkit with compile=True (torch.compile)")
     parser.add_argument("--full-run", action="store_true", help="also time a 200-epoch ltkit run (for a GPU)")
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
-    args.epochs = args.epochs or (5 if gpu else 3)
+    args.epochs = args.epochs if args.epochs is not None else (5 if gpu else 3)
     args.subset = args.subset if args.subset is not None else (1.0 if gpu else CPU_SUBSET)
     args.workers = args.workers if args.workers is not None else (4 if gpu else 2)
     if args.epochs < 2:

@@ -314,6 +314,8 @@ class Context:
     world_size: int = 1
     train_x: Tensor | None = None  # uint8 images on the device (tensor data sets)
     train_y: Tensor | None = None
+    test_x: Tensor | None = None  # this rank's test shard on the device (filled at the first evaluation)
+    test_y: Tensor | None = None
     epoch: int = 0
 
     @property
@@ -348,18 +350,29 @@ def augment_batch(x: Tensor, padding: int, flip: bool, generator: torch.Generato
     Equivalent to torchvision's ``RandomCrop(H, padding)`` + ``RandomHorizontalFlip``
     applied image by image, but one gather for the batch on its device.
     """
-    n, _, h, w = x.shape
+    return apply_augmentation(x, padding, *draw_augmentation(len(x), padding, flip, generator, x.device))
+
+
+def draw_augmentation(n: int, padding: int, flip: bool, generator: torch.Generator,
+                      device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Crop offsets ``dy, dx`` in [0, 2·padding] and flip flags for ``n`` images (drawn on the CPU, moved once)."""
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else None
+    return dy.to(device), dx.to(device), None if flips is None else flips.to(device)
+
+
+def apply_augmentation(x: Tensor, padding: int, dy: Tensor, dx: Tensor, flips: Tensor | None) -> Tensor:
+    """Crop each zero-padded image at its offset, then mirror the flagged ones (one gather)."""
+    n, channels, h, w = x.shape
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # n,1,1,w
         batch_idx = torch.arange(n, device=x.device)[:, None, None, None]
-        chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        chan_idx = torch.arange(channels, device=x.device)[None, :, None, None]
         x = padded[batch_idx, chan_idx, rows, cols]
-    if flip:
-        flips = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    if flips is not None:
         x = torch.where(flips[:, None, None, None], x.flip(3), x)
     return x
 
@@ -386,16 +399,25 @@ def epoch_order(config: TrainConfig, labels: Tensor, counts: list[int], epoch: i
 
 
 def tensor_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
+    """One epoch of this rank's batches from the device-resident tensors.
+
+    The epoch's order and augmentation draws are made once per epoch on the CPU
+    and moved to the device once, so that the GPU never waits on a small copy.
+    """
     config = ctx.config
-    labels = ctx.train_y.cpu()
-    order = epoch_order(config, labels, ctx.class_counts, epoch, ctx.rank, ctx.world_size)
+    order = epoch_order(config, ctx.train_y.cpu(), ctx.class_counts, epoch, ctx.rank, ctx.world_size)
+    order = order.to(ctx.device)
     local_batch = config.batch_size // ctx.world_size
-    gen = _epoch_generator(config.seed, epoch, ctx.rank, stream=1)
+    augment = config.augment != "none"
+    if augment:
+        gen = _epoch_generator(config.seed, epoch, ctx.rank, stream=1)
+        dy, dx, flips = draw_augmentation(len(order), config.crop_padding, config.augment == "crop-flip", gen, ctx.device)
     for start in range(0, len(order), local_batch):
-        idx = order[start:start + local_batch].to(ctx.device)
+        part = slice(start, start + local_batch)
+        idx = order[part]
         x = to_unit_float(ctx.train_x[idx])
-        if config.augment != "none":
-            x = augment_batch(x, config.crop_padding, config.augment == "crop-flip", gen)
+        if augment:
+            x = apply_augmentation(x, config.crop_padding, dy[part], dx[part], None if flips is None else flips[part])
         yield Batch(x=x, y=ctx.train_y[idx], index=idx)
 
 
@@ -456,10 +478,11 @@ def evaluate(ctx: Context) -> dict:
 
 def _test_batches(ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
     if isinstance(ctx.data, ltdata.TensorData):
-        positions = torch.arange(ctx.rank, len(ctx.data.y_test), ctx.world_size)
-        for start in range(0, len(positions), 1024):
-            idx = positions[start:start + 1024]
-            yield to_unit_float(ctx.data.x_test[idx].to(ctx.device)), ctx.data.y_test[idx].to(ctx.device)
+        if ctx.test_x is None:  # this rank's shard of the test set, moved to the device once
+            positions = torch.arange(ctx.rank, len(ctx.data.y_test), ctx.world_size)
+            ctx.test_x, ctx.test_y = ctx.data.x_test[positions].to(ctx.device), ctx.data.y_test[positions].to(ctx.device)
+        for start in range(0, len(ctx.test_y), 1024):
+            yield to_unit_float(ctx.test_x[start:start + 1024]), ctx.test_y[start:start + 1024]
         return
     dataset = ctx.data.test
     dataset.transform = _file_transforms(ctx.config, train=False)
