@@ -121,6 +121,7 @@ class TrainConfig:
     # system
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 is fastest for tiny models
     amp: bool = True  # bf16 autocast on GPU
     channels_last: bool = True  # on GPU
     compile: bool = False
@@ -142,11 +143,12 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: the kit's bundled data set.
     "digits-lt": dict(dataset="digits-lt", model="small-cnn", augment="crop", crop_padding=1, epochs=30,
-                      batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=2, schedule="cosine", milestones=[]),
+                      batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=2, schedule="cosine", milestones=[],
+                      threads=1),
     # Digit glyphs composited on backgrounds (ltkit.context_digits): tail classes seen in few contexts.
     "context-digits-lt": dict(dataset="context-digits-lt", model="small-cnn", augment="crop", crop_padding=2,
                               epochs=30, batch_size=64, lr=0.05, weight_decay=5e-4, warmup_epochs=2,
-                              schedule="cosine", milestones=[]),
+                              schedule="cosine", milestones=[], threads=1),
     # The LDAM / CMO schedule (see ../shared/notes/cmo-and-baselines.md).
     "cifar10-lt": dict(dataset="cifar10-lt", data_root="data", imbalance_factor=100, model="resnet32"),
     "cifar100-lt": dict(dataset="cifar100-lt", data_root="data", imbalance_factor=100, model="resnet32"),
@@ -538,6 +540,8 @@ def build_model(config: TrainConfig, data, loss_fn: losses.LTLoss) -> nn.Module:
 
 
 def _set_determinism(config: TrainConfig) -> None:
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -571,6 +575,14 @@ def fit(config: TrainConfig | str = "digits-lt", /, *, data: Any = None, **overr
         config = make_config(**{**config.to_dict(), **overrides})
     else:
         validate(config)
+    threads = torch.get_num_threads()
+    try:
+        return _fit(config, data)
+    finally:
+        torch.set_num_threads(threads)  # ``config.threads`` applies to this run only
+
+
+def _fit(config: TrainConfig, data: Any) -> dict:
     kind = "cuda" if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()) else "cpu"
     rank, world, local_rank = init_distributed(kind)
     device = resolve_device(config, local_rank)
@@ -762,4 +774,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main (not this __main__ copy), so that methods
+    # registering themselves on ``ltkit.train`` are found under torchrun too.
+    from ltkit.train import main as _main
+
+    _main()
