@@ -140,7 +140,7 @@ def prepare_run_dir(run_dir: Path, config: dict, if_exists: str = "error") -> st
     return "new"
 
 
-_VOLATILE = {"if_exists", "progress", "out_dir", "name", "num_workers", "device"}
+_VOLATILE = {"if_exists", "progress", "out_dir", "name", "num_workers", "device", "threads"}
 
 
 def read_json(path: Path) -> Any:
