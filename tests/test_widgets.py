@@ -1,0 +1,206 @@
+"""The results explorer, driven from Python: thresholds, seeds, refresh, bad input (no browser)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ltkit import launch, runs, widgets
+
+# digits-lt training sizes, head to tail, and their groups at two pairs of thresholds (by hand)
+COUNTS = [140, 103, 76, 56, 42, 31, 23, 17, 12, 9]
+GROUPS_100_20 = ["many"] * 2 + ["medium"] * 5 + ["few"] * 3
+GROUPS_50_20 = ["many"] * 4 + ["medium"] * 3 + ["few"] * 3
+GROUPS_100_40 = ["many"] * 2 + ["medium"] * 3 + ["few"] * 5
+TINY = dict(epochs=2, model="mlp", augment="none", progress=False)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    """Two methods x two seeds, really trained (2 epochs of an MLP: seconds)."""
+    root = tmp_path_factory.mktemp("runs")
+    launch.run_grid({"CE": {}, "BS": dict(loss="bs")}, seeds=(0, 1), out_dir=str(root), **TINY)
+    return root
+
+
+@pytest.fixture
+def folder(runs_dir, tmp_path) -> Path:
+    """A private copy of the runs folder that a test may damage."""
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    return copy
+
+
+def _explorer(source, **options) -> widgets.Explorer:
+    return widgets.Explorer(source, dpi=30, **options)  # small charts: fast tests
+
+
+def _per_class(root: Path, name: str) -> np.ndarray:
+    return np.array(json.loads((root / name / "result.json").read_text())["per_class"])
+
+
+# --------------------------------------------------------------------------- seeds and thresholds
+def test_seeds_are_grouped_by_label_and_all_methods_selected(runs_dir):
+    explorer = _explorer(runs_dir)
+    assert sorted(explorer.groups) == ["BS", "CE"]
+    assert [r.name for r in explorer.groups["CE"]] == ["CE-s0", "CE-s1"]
+    assert set(explorer.select.value) == {"BS", "CE"}
+    assert dict(explorer.select.options)["CE · 2 seeds"] == "CE"
+    assert explorer.message.value == ""  # nothing wrong
+    assert widgets.method_label("LDAM-DRW-s12") == "LDAM-DRW" and widgets.method_label("x-s1-y") == "x-s1-y"
+
+
+def test_default_thresholds_reproduce_the_stored_result(runs_dir):
+    """At 100 / 20 the recomputed groups equal what the engine stored."""
+    explorer = _explorer(runs_dir)
+    assert explorer.class_groups() == GROUPS_100_20
+    for name in ("CE-s0", "BS-s1"):
+        stored = runs.load_run(runs_dir / name)["result"]
+        regrouped = widgets.regroup(stored, 100, 20)
+        for key in ("overall", "many", "medium", "few", "worst"):
+            assert regrouped[key] == pytest.approx(stored[key])
+
+
+@pytest.mark.parametrize("many, few, expected", [(50, 20, GROUPS_50_20), (100, 40, GROUPS_100_40)])
+def test_sliders_recompute_groups_table_and_chart(runs_dir, many, few, expected):
+    explorer = _explorer(runs_dir)
+    before_png, before_table = explorer.image.value, explorer.table.value
+    explorer.many.value, explorer.few.value = many, few
+    assert explorer.class_groups() == expected
+    # accuracy by group, by hand: mean of the per-class accuracies of each group, then mean / std over seeds
+    groups = np.array(expected)
+    summary = explorer.summary()
+    for label in ("CE", "BS"):
+        seeds = [_per_class(runs_dir, f"{label}-s{s}") for s in (0, 1)]
+        for group in ("many", "medium", "few"):
+            values = [acc[groups == group].mean() for acc in seeds]
+            mean, std, n = summary[label][group]
+            assert (mean, std, n) == (pytest.approx(np.mean(values)), pytest.approx(np.std(values, ddof=1)), 2)
+        assert summary[label]["worst"][0] == pytest.approx(np.mean([acc.min() for acc in seeds]))
+    sizes = {g: expected.count(g) for g in ("many", "medium", "few")}
+    assert f"many n &gt; {many} ({sizes['many']} classes)" in explorer.table.value
+    assert explorer.table.value != before_table
+    assert explorer.image.value != before_png and explorer.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sort_orders_the_table(runs_dir):
+    explorer = _explorer(runs_dir, sort="overall")
+    summary = explorer.summary()
+
+    def table_order():
+        return sorted(summary, key=lambda label: explorer.table.value.index(f"<th>{label}</th>"))
+
+    assert table_order() == sorted(summary, key=lambda label: -summary[label]["overall"][0])  # best first
+    explorer.sort.value = "name"
+    assert table_order() == ["BS", "CE"]
+
+
+def test_records_from_run_grid_keep_their_labels(runs_dir):
+    records = {"plain CE": [runs.load_run(runs_dir / f"CE-s{s}") for s in (0, 1)]}
+    widget = widgets.explore(records, dpi=30)
+    explorer = widget.explorer
+    assert list(explorer.groups) == ["plain CE"] and explorer.select.value == ("plain CE",)
+    assert explorer.confusion_run.options == (("CE-s0", "CE-s0"), ("CE-s1", "CE-s1"))
+    assert widget.children[-1] is explorer.image and len(explorer.image.value) > 1000
+
+
+def test_same_label_with_another_config_is_a_separate_method(runs_dir):
+    a, b = (runs.load_run(runs_dir / n) for n in ("CE-s0", "CE-s1"))
+    b["config"] = {**b["config"], "lr": 0.01}
+    explorer = _explorer([a, b])
+    assert list(explorer.groups) == ["CE", "CE [2]"]
+    assert "differ in lr" in explorer.message.value
+
+
+# --------------------------------------------------------------------------- runs being written, DDP runs
+def test_a_run_still_being_written_shows_its_history_then_refresh_finishes_it(folder):
+    result = (folder / "BS-s1" / "result.json").read_text()
+    (folder / "BS-s1" / "result.json").unlink()
+    history = (folder / "BS-s1" / "history.jsonl").read_text().splitlines()
+    (folder / "BS-s1" / "history.jsonl").write_text(history[0] + "\n" + history[1][: len(history[1]) // 2])
+    explorer = _explorer(folder)
+    assert dict(explorer.select.options)["BS · 1 seed + 1 running (epoch 1/2)"] == "BS"
+    assert explorer.summary()["BS"]["overall"][2] == 1  # the finished seed only
+    assert [r.name for r in explorer.groups["BS"] if r.history] == ["BS-s0", "BS-s1"]
+    (folder / "BS-s1" / "result.json").write_text(result)  # the run finishes ...
+    explorer.refresh_button.click()  # ... and the learner presses refresh
+    assert explorer.summary()["BS"]["overall"][2] == 2
+    assert "BS · 2 seeds" in dict(explorer.select.options)
+
+
+def test_a_method_with_no_finished_run_is_a_note_not_an_error(folder):
+    for seed in (0, 1):
+        (folder / f"BS-s{seed}" / "result.json").unlink()
+    explorer = _explorer(folder)
+    assert "<b>BS</b> is still running" in explorer.message.value
+    assert list(explorer.summary()) == ["CE"]
+
+
+def test_runs_of_a_multi_process_job_load_and_say_so(folder):
+    """A DDP job writes the same record (rank 0, confusion all-reduced); the list names the process count."""
+    for name in ("CE-s0", "CE-s1"):
+        for file, key in (("result.json", None), ("config.json", "env")):
+            path = folder / name / file
+            record = json.loads(path.read_text())
+            (record[key] if key else record)["world_size"] = 2
+            path.write_text(json.dumps(record))
+    explorer = _explorer(folder)
+    assert dict(explorer.select.options)["CE · 2 seeds · 2 processes"] == "CE"
+    assert explorer.summary()["CE"]["overall"][2] == 2
+
+
+# --------------------------------------------------------------------------- bad input: messages, not tracebacks
+def test_empty_or_missing_folder_is_a_message(tmp_path):
+    empty = _explorer(tmp_path)
+    assert "no runs under" in empty.message.value and empty.select.options == ()
+    missing = _explorer(tmp_path / "nowhere")
+    assert "there is no folder" in missing.message.value
+
+
+@pytest.mark.parametrize("file", ["result.json", "config.json"])
+def test_truncated_record_names_the_run_and_the_others_still_load(folder, file):
+    path = folder / "CE-s1" / file
+    path.write_text(path.read_text()[:40])
+    explorer = _explorer(folder)
+    assert "<b>CE-s1</b> could not be read" in explorer.message.value and "truncated" in explorer.message.value
+    assert [r.name for r in explorer.runs] == ["BS-s0", "BS-s1", "CE-s0"]
+    assert explorer.summary()["CE"]["overall"][2] == 1
+
+
+def test_result_without_per_class_accuracy_is_left_out_with_a_message(runs_dir):
+    record = runs.load_run(runs_dir / "CE-s0")
+    del record["result"]["per_class"]
+    explorer = _explorer([record, runs.load_run(runs_dir / "BS-s0")])
+    assert "<b>CE-s0</b> left out" in explorer.message.value and list(explorer.groups) == ["BS"]
+
+
+def test_runs_of_another_data_set_are_left_out_with_a_message(runs_dir):
+    digits = runs.load_run(runs_dir / "CE-s0")
+    other = runs.load_run(runs_dir / "BS-s0")
+    other["config"] = {**other["config"], "dataset": "cifar10-lt"}
+    other["result"] = {**other["result"], "class_counts": [5000 // 2**k for k in range(10)]}
+    explorer = _explorer([digits, other])
+    assert explorer.select.value == ("CE",)  # the default selection is one data set
+    explorer.select.value = ("CE", "BS")
+    assert "<b>BS</b> left out: it was trained on cifar10-lt" in explorer.message.value
+    assert list(explorer.summary()) == ["CE"]
+
+
+def test_inconsistent_thresholds_and_an_empty_selection_are_messages(runs_dir):
+    explorer = _explorer(runs_dir)
+    explorer.many.value, explorer.few.value = 10, 50
+    assert "must not exceed the many threshold" in explorer.message.value
+    explorer.few.value = 5
+    explorer.select.value = ()
+    assert "select one or more methods" in explorer.message.value
+
+
+def test_wrong_argument_types_are_clear_errors(runs_dir):
+    with pytest.raises(TypeError, match="runs folder, a run record"):
+        widgets.explore(42)
+    with pytest.raises(ValueError, match="sort='speed'"):
+        widgets.explore(runs_dir, sort="speed")
+    with pytest.raises(ValueError, match="thresholds are positive integers"):
+        widgets.explore(runs_dir, many=0)
