@@ -1,0 +1,121 @@
+"""What feedback guidance costs: guided against unguided DDIM sampling time per image.
+
+What is measured
+----------------
+Seconds per generated image of :func:`ltkit.feedback.guided_sample`, side by
+side in one process, on the same model, classes and initial noise:
+
+* **unguided**: DDIM with classifier-free guidance (one batched forward pass of
+  ``2B`` images per step);
+* **guided**: the same plus, at every ``every``-th step, one conditional forward
+  pass, the frozen classifier on ``x̂0`` and a backward pass to ``x_t``
+  (float32), for each criterion (loss, entropy, hardness) and each ``--every``.
+
+Model: the committed ``digits-lt`` checkpoint (``ltkit.diffusion``, 0.64 M
+parameters, 1x8x8) and feedback classifier, or ``--random`` for a randomly
+initialised model of the same shape (no checkpoint needed; timings are the
+same).  Runs alternate unguided / guided ``--repeats`` times and report the
+median, so a busy machine slows both alike; the load average is printed.
+On CPU one thread by default (``--threads``).  On
+CPU, and on the GPU as well when one is visible (``--device auto``).
+
+Run it
+------
+    python benchmarks/guidance_cost.py                    # CPU (+ GPU if available): 10 steps, every 1 and 2, batch 64
+    python benchmarks/guidance_cost.py --steps 30 --every 5 --cfg 3 --scale 0.03 --batch 256   # the paper's schedule
+
+(from the repository root).  It prints; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ltkit import diffusion, feedback  # noqa: E402
+
+
+def _models(random: bool, device: str):
+    if random:
+        torch.manual_seed(0)
+        unet = diffusion.make_unet(10).eval().requires_grad_(False)
+        model = diffusion.ClassDiffusion(unet, dict(diffusion.SCHEDULE_DEFAULTS), [str(k) for k in range(10)])
+        from ltkit import data, models
+
+        digits = data.load_digits_lt()
+        clf = feedback.FeedbackClassifier(models.make_model("small-cnn", 10, in_channels=1, image_size=8))
+        clf.fit_gaussians(digits.x_train, digits.y_train)
+    else:
+        model, clf = diffusion.load_diffusion("digits-lt"), feedback.load_feedback_classifier("digits-lt")
+    model.unet.to(device)
+    return model, clf.to(device)
+
+
+def _time(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(device: str, args) -> None:
+    model, clf = _models(args.random, device)
+    labels = torch.arange(args.batch) % 10
+    common = dict(steps=args.steps, cfg_scale=args.cfg, seed=0)
+    variants = {"unguided": None, **{f"{c}, every {k}": feedback.Guidance(c, args.scale, every=k)
+                                     for k in args.every for c in feedback.CRITERIA}}
+    sample = lambda g: feedback.guided_sample(model, labels, clf, g, **common)  # noqa: E731
+    sample(feedback.Guidance("entropy", args.scale))  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, guidance in variants.items():
+            times[name].append(_time(lambda: sample(guidance), device) / args.batch)
+    base = statistics.median(times["unguided"])
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\n{name}: {args.steps} DDIM steps, CFG {args.cfg}, feedback scale {args.scale}, batch {args.batch}, "
+          f"median of {args.repeats}")
+    print(f"{'sampler':>20} {'ms / image':>11} {'x unguided':>11}")
+    for variant, values in times.items():
+        median = statistics.median(values)
+        print(f"{variant:>20} {1000 * median:11.2f} {median / base:11.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--every", type=int, nargs="+", default=[1, 2],
+                        help="feedback at every k-th DDIM step (the paper's code: 5); several values allowed")
+    parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument("--cfg", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--random", action="store_true", help="a random model of the same shape (no checkpoint)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: on a small shared CPU two threads of a tiny model mostly "
+                             "wait for each other; 0 = torch's default)")
+    args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPU cores")
+    devices = ["cpu"] if args.device == "cpu" else ["cuda"] if args.device == "cuda" else \
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        run(device, args)
+    if "cuda" not in devices:
+        print("\n(no GPU visible: CPU only)")
+
+
+if __name__ == "__main__":
+    main()
