@@ -621,19 +621,7 @@ def synthesize_fill(model: ClassDiffusion, class_counts: Sequence[int], classifi
 
 
 # =========================================================================== training with the fill
-def _register(cls: type[train.Method]) -> type[train.Method]:
-    """Register with the engine, also when it runs as ``python -m ltkit.train`` (torchrun): then the
-    running engine is the module ``__main__``, a second copy of ``ltkit.train`` with its own registry."""
-    import sys
-
-    train.register_method(cls)
-    main = sys.modules.get("__main__")
-    if main is not train and getattr(getattr(main, "__spec__", None), "name", None) == "ltkit.train":
-        main.register_method(cls)
-    return cls
-
-
-@_register
+@train.register_method
 class FeedbackFill(train.Method):
     """50 % real / 50 % synthetic mini-batches (see the module docstring).
 
