@@ -113,7 +113,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -449,17 +448,3 @@ class CMOBack(CMO):
     defaults = dict(_CMO_DEFAULTS, bg_scope="all")
     background_weighted = True
     foreground_source = "original"
-
-
-def _register_in_script_engine() -> None:
-    """``python -m ltkit.train`` (what torchrun runs) executes the engine as ``__main__``, a second copy of
-    ``ltkit.train`` with its own method registry; register there too so that ``method="cmo"`` works under
-    torchrun.  (Unneeded once the engine's ``__main__`` block calls the importable module's ``main``.)"""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if main is not train and spec is not None and spec.name == "ltkit.train":
-        for cls in (CutMix, CMO, CMOMinor, CMOBack):
-            main.register_method(cls)
-
-
-_register_in_script_engine()

@@ -102,7 +102,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from pathlib import Path
 from statistics import median
 from typing import Any, Sequence
@@ -482,20 +481,6 @@ class StaticSplit(ClasswiseSplitting):
 
     name = "static-split"
     dynamic = False
-
-
-def _register_in_script_engine() -> None:
-    """``python -m ltkit.train`` (what torchrun runs) executes the engine as ``__main__``, a second copy of
-    ``ltkit.train`` with its own method registry; register there too so ``method="cws"`` works under torchrun.
-    (Unneeded once the engine's ``__main__`` block calls the importable module's ``main``.)"""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if main is not train and spec is not None and spec.name == "ltkit.train":
-        for cls in (ClasswiseSplitting, StaticSplit):
-            main.register_method(cls)
-
-
-_register_in_script_engine()
 
 
 # =========================================================================== features of the training set

@@ -659,18 +659,3 @@ class SynLT(M2m):
     def _check_lambda1(self) -> None:
         if self.params.lambda1 <= 0:
             raise ValueError("method 'synlt' needs lambda1 > 0 (the OT term); lambda1 = 0 is method='m2m'.")
-
-
-def _register_with_the_cli() -> None:
-    """Under ``python -m ltkit.train`` (and torchrun) the engine runs as ``__main__``, a second copy of
-    ``ltkit.train`` with its own method registry: register there too (until the engine delegates to one copy)."""
-    import sys
-
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if main is not None and spec is not None and spec.name == "ltkit.train" and main is not train:
-        main.register_method(M2m)
-        main.register_method(SynLT)
-
-
-_register_with_the_cli()
