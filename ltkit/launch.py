@@ -14,11 +14,13 @@ rendezvous) and start the same cell on every node.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import metrics, runs, train
 
@@ -63,25 +65,52 @@ def _torchrun(config: train.TrainConfig, nproc: int, nnodes: int, rdzv_endpoint:
     return runs.load_run(Path(config.out_dir) / config.run_name())
 
 
-def run_grid(methods: dict[str, dict], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
-             nproc: int = 1, progress: bool = True, **common: Any) -> dict[str, list[dict]]:
+Overrides = dict | Callable[[int], dict]
+
+
+def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
+             nproc: int = 1, workers: int = 1, progress: bool = True, **common: Any) -> dict[str, list[dict]]:
     """Train every named configuration (``{label: overrides}``) for every seed.
 
     Runs are named ``<label>-s<seed>`` and reused when they already exist with
     the same config (``if_exists='resume'``), so re-running a cell costs nothing.
-    One progress bar counts the runs (pass ``progress=False`` to hide it).
+    ``overrides`` may be a function of the seed (``lambda seed: {...}``), e.g. to
+    point a method at the baseline run of the same seed.  ``workers > 1`` trains
+    that many single-process runs side by side in fresh Python processes (small
+    models on a CPU with several cores: give each run one thread); the records
+    are the same as with ``workers=1``.  One progress bar counts the runs (pass
+    ``progress=False`` to hide it).
     """
     from tqdm.auto import tqdm
 
-    records: dict[str, list[dict]] = {}
-    jobs = [(label, seed) for label in methods for seed in seeds]
-    bar = tqdm(jobs, desc="runs", disable=not progress)
-    for label, seed in bar:
-        bar.set_postfix_str(f"{label}, seed {seed}")
-        overrides = {"if_exists": "resume", "progress": False, **common, **methods[label], "seed": seed,
-                     "name": f"{label}-s{seed}"}
-        records.setdefault(label, []).append(run(base, nproc=nproc, **overrides))
-    return records
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be >= 1.")
+    if workers > 1 and nproc > 1:
+        raise ValueError("workers > 1 runs single-process runs side by side; with nproc > 1 use workers=1.")
+    jobs = [(label, seed, _config(base, {"if_exists": "resume", "progress": False, **common,
+                                         **_overrides(methods[label], seed), "seed": seed, "name": f"{label}-s{seed}"}))
+            for label in methods for seed in seeds]  # every config is checked before the first run starts
+    bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
+    done: dict[tuple[str, int], dict] = {}
+    if workers == 1:
+        for label, seed, config in jobs:
+            bar.set_postfix_str(f"{label}, seed {seed}")
+            done[label, seed] = run(config, nproc=nproc)
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
+        with ProcessPoolExecutor(min(workers, len(jobs)) or 1, mp_context=context) as pool:
+            futures = {pool.submit(train.fit, config): (label, seed) for label, seed, config in jobs}
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                bar.set_postfix_str("{}, seed {}".format(*futures[future]))
+                bar.update()
+    bar.close()
+    return {label: [done[label, seed] for seed in seeds] for label in methods}
+
+
+def _overrides(overrides: Overrides, seed: int) -> dict:
+    return dict(overrides(seed) if callable(overrides) else overrides)
 
 
 def compare(records: dict[str, list[dict]], keys: Sequence[str] = ("overall", "many", "medium", "few", "worst")):

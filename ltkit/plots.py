@@ -89,3 +89,25 @@ def plot_per_class_vs_size(records: dict[str, list[dict]], ax: plt.Axes | None =
     ax.set_ylabel("per-class test accuracy (%)")
     ax.legend(fontsize=7)
     return ax
+
+
+def plot_leaderboard(records: dict[str, list[dict]], ax: plt.Axes | None = None,
+                     keys: Sequence[str] = ("overall", "few", "worst")) -> plt.Axes:
+    """One row per label: each seed's accuracy (small dots) and the mean (large marker) for every key."""
+    ax = ax or plt.gca()
+    labels = list(records)
+    markers = ("o", "s", "D", "^", "v")
+    for j, key in enumerate(keys):
+        offset = (j - (len(keys) - 1) / 2) * 0.22
+        for i, label in enumerate(labels):
+            values = np.array([r["result"][key] for r in records[label]], dtype=float) * 100
+            ax.scatter(values, np.full(len(values), i + offset), s=8, color=f"C{j}", alpha=0.45, linewidths=0)
+            ax.scatter([np.nanmean(values)], [i + offset], s=36, color=f"C{j}", marker=markers[j % len(markers)],
+                       label=key if i == 0 else None, edgecolors="black", linewidths=0.4)
+    ax.set_yticks(np.arange(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlim(0, 101)
+    ax.set_xlabel("test accuracy (%): seeds (dots) and their mean")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(keys), frameon=False)
+    return ax

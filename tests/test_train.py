@@ -164,6 +164,28 @@ def test_launcher_reports_a_failed_torchrun(tmp_path):
         launch.run("digits-lt", nproc=2, batch_size=63, epochs=1, out_dir=str(tmp_path), progress=False)
 
 
+def test_run_grid_workers_give_the_same_records_as_one_process(tmp_path):
+    """Two spawned workers train the same runs, bit for bit, as the sequential loop; per-seed overrides work."""
+    common = dict(model="mlp", augment="none", epochs=2)
+    methods = {"CE": {}, "BS": dict(loss="bs"), "by-seed": lambda seed: dict(lr=0.05 * (seed + 1))}
+    one = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "one"), progress=False, **common)
+    two = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "two"), workers=2, progress=False, **common)
+    assert list(two) == list(methods) and [r["name"] for r in two["BS"]] == ["BS-s0", "BS-s1"]
+    assert [r["config"]["lr"] for r in two["by-seed"]] == [0.05, 0.1]
+    for label in methods:
+        for a, b in zip(one[label], two[label]):
+            assert a["result"]["per_class"] == b["result"]["per_class"]
+            assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+
+
+def test_run_grid_checks_every_config_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown loss 'xent'"):
+        launch.run_grid({"CE": {}, "bad": dict(loss="xent")}, (0,), out_dir=str(tmp_path), progress=False)
+    assert not (tmp_path / "CE-s0").exists()
+    with pytest.raises(ValueError, match="workers=0: must be >= 1"):
+        launch.run_grid({"CE": {}}, (0,), workers=0, out_dir=str(tmp_path), progress=False)
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "call, error, message",

@@ -204,3 +204,33 @@ def test_wrong_argument_types_are_clear_errors(runs_dir):
         widgets.explore(runs_dir, sort="speed")
     with pytest.raises(ValueError, match="thresholds are positive integers"):
         widgets.explore(runs_dir, many=0)
+
+
+# --------------------------------------------------------------------------- the leaderboard (make demo, notebook 7)
+def test_leaderboard_has_every_idea_of_the_kit():
+    """Every method module of the engine is on both data sets' line-up; the diffusion fill only where it exists."""
+    from ltkit import demo, train
+
+    modules = {train._METHOD_MODULES[o["method"]] for o in demo.leaderboard_methods("digits-lt", "runs").values()
+               if isinstance(o, dict) and "method" in o}
+    assert modules == {"ltkit.cmo", "ltkit.cws", "ltkit.feedback"}  # + ltkit.synlt, a function of the seed
+    digits = demo.leaderboard_methods("digits-lt", "r")
+    context = demo.leaderboard_methods("context-digits-lt", "r")
+    assert set(demo.LOSS_BASELINES) < set(context) and set(digits) - set(context) == {"BS + feedback fill (loss)"}
+    syn_lt = digits["Syn-LT"](2)
+    assert syn_lt["method"] == "synlt" and syn_lt["method_params"]["g_run"] == str(Path("r") / "CE-s2")
+    assert Path(digits["BS + feedback fill (loss)"]["method_params"]["synthetic"]).is_file()
+
+
+def test_leaderboard_trains_every_method_and_reports_one_table(tmp_path):
+    """Three epochs of the whole line-up on one seed: one record per method, Syn-LT reads the CE run of its seed."""
+    from ltkit import demo
+
+    records = demo.train_leaderboard("digits-lt", (0,), runs_dir=tmp_path / "digits-lt", epochs=3, progress=False)
+    assert list(records) == list(demo.leaderboard_methods("digits-lt", tmp_path))
+    assert records["Syn-LT"][0]["config"]["method_params"]["g_run"] == records["CE"][0]["dir"]
+    table = demo.leaderboard_table({"digits-lt": records})
+    assert table.index.tolist() == [("digits-lt", label) for label in records]
+    assert table.loc[("digits-lt", "BS"), "overall"].startswith(f"{100 * records['BS'][0]['result']['overall']:.1f} ±")
+    path = demo.plot_leaderboard({"digits-lt": records}, tmp_path / "leaderboard.png")
+    assert path.stat().st_size > 10_000
