@@ -75,14 +75,20 @@ def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, 
 
 
 def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = (0, 1, 2), *,
-                      runs_dir: str | os.PathLike = "runs", workers: int = 1, progress: bool = True,
-                      **common) -> dict[str, list[dict]]:
-    """Train (or reuse) every method of :func:`leaderboard_methods` for every seed; ``{label: records}``.
+                      runs_dir: str | os.PathLike = "runs", only: Sequence[str] | None = None, workers: int = 1,
+                      progress: bool = True, **common) -> dict[str, list[dict]]:
+    """Train (or reuse) every method of :func:`leaderboard_methods` (or the labels ``only``) for every seed.
 
-    Two passes of :func:`ltkit.launch.run_grid`: everything that needs nothing
-    else, then the methods that read the CE run of their seed (Syn-LT).
+    Returns ``{label: records}``.  Two passes of :func:`ltkit.launch.run_grid`:
+    everything that needs nothing else, then the methods that read the CE run
+    of their seed (Syn-LT; ``only`` with Syn-LT trains CE too).
     """
     methods = leaderboard_methods(dataset, runs_dir)
+    if only is not None:
+        unknown = [label for label in only if label not in methods]
+        if unknown:
+            raise ValueError(f"not on the {dataset} line-up: {unknown}; choose from {list(methods)}.")
+        methods = {label: methods[label] for label in methods if label in only or (label == "CE" and "Syn-LT" in only)}
     needs_ce = {label: overrides for label, overrides in methods.items() if callable(overrides)}
     grid = dict(base=dataset, out_dir=str(runs_dir), workers=workers, progress=progress, **common)
     records = launch.run_grid({k: v for k, v in methods.items() if k not in needs_ce}, seeds, **grid)

@@ -234,3 +234,12 @@ def test_leaderboard_trains_every_method_and_reports_one_table(tmp_path):
     assert table.loc[("digits-lt", "BS"), "overall"].startswith(f"{100 * records['BS'][0]['result']['overall']:.1f} ±")
     path = demo.plot_leaderboard({"digits-lt": records}, tmp_path / "leaderboard.png")
     assert path.stat().st_size > 10_000
+
+
+def test_leaderboard_subset_and_unknown_labels(tmp_path):
+    from ltkit import demo
+
+    with pytest.raises(ValueError, match=r"not on the context-digits-lt line-up: \['BS \+ feedback fill \(loss\)'\]"):
+        demo.train_leaderboard("context-digits-lt", (0,), only=["BS + feedback fill (loss)"], runs_dir=tmp_path)
+    records = demo.train_leaderboard("digits-lt", (0,), only=["BS"], runs_dir=tmp_path, epochs=1, progress=False)
+    assert list(records) == ["BS"]
