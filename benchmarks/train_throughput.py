@@ -14,7 +14,9 @@ on the same model and the same data, side by side in one process:
 Two training loops:
 
 1. **ltkit**: ``train.fit("cifar100-lt", data=...)``: the data set lives on the
-   device as ``uint8`` and is augmented a batch at a time; on a GPU with
+   device as ``uint8`` and is augmented a batch at a time; on a CPU in fp32 (the
+   default) and, where the CPU has native bf16 (AVX512-BF16 / AMX), a second
+   time with ``cpu_amp=True`` (bf16 autocast); on a GPU with
    ltkit's defaults (bf16 autocast, channels_last) and ``deterministic=False``
    (cuDNN autotuning, as the reference code does; ``--deterministic`` keeps
    ltkit's default ``True``; ``--compile`` sets ``compile=True``).  Epoch
@@ -113,13 +115,22 @@ def summarize(name: str, device: torch.device, epochs: list[tuple[float, int]]) 
                 epoch_s=statistics.median(s for s, _ in epochs))
 
 
-def time_ltkit(data: ltdata.TensorData, args: argparse.Namespace, out_dir: str) -> dict:
+def time_ltkit(data: ltdata.TensorData, args: argparse.Namespace, out_dir: str, label: str = "ltkit train.fit",
+               **overrides) -> dict:
     record = train.fit("cifar100-lt", data=data, epochs=args.epochs, eval_every=args.epochs,
                        checkpoint_every=args.epochs, progress=False, out_dir=out_dir, name="bench-ltkit",
                        device=args.device, if_exists="overwrite", batch_size=args.batch_size,
-                       **ltkit_system(args))
+                       **ltkit_system(args), **overrides)
     rows = record["history"][1:]
-    return summarize("ltkit train.fit", torch.device(args.device), [(r["time_s"], r["images"]) for r in rows])
+    return summarize(label, torch.device(args.device), [(r["time_s"], r["images"]) for r in rows])
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: what makes bf16 autocast fast on a CPU (oneDNN's own check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def ltkit_system(args: argparse.Namespace) -> dict:
@@ -205,19 +216,22 @@ def print_environment(args: argparse.Namespace, data: ltdata.TensorData) -> None
     if args.device == "cuda":
         print(f"ltkit: bf16 autocast, channels_last, deterministic={args.deterministic}, compile={args.compile}; "
               "reference: fp32, cudnn.benchmark")
-    elif args.compile:
-        print("ltkit: compile=True")
+    else:
+        bf16 = "; with native bf16, also cpu_amp=True (bf16 autocast)" if cpu_has_native_bf16() else ""
+        print(f"ltkit: fp32 (the CPU default){bf16}, compile={args.compile}; reference: fp32")
     if args.full_run and args.device == "cpu":
         print("--full-run on a CPU: 200 epochs of 10,847 images take hours; it is meant for a GPU")
     print()
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'method':<22} {'device':<7} {'images/s':>9} {'epoch s':>8}   timed epochs (s)")
+    print(f"{'method':<30} {'device':<7} {'images/s':>9} {'epoch s':>8}   timed epochs (s)")
     for r in results:
         seconds = " ".join(f"{s:.2f}" for s in r["seconds"])
-        print(f"{r['method']:<22} {r['device']:<7} {r['images_per_s']:9.1f} {r['epoch_s']:8.2f}   {seconds}")
-    print(f"ratio ltkit / reference: {results[0]['images_per_s'] / results[1]['images_per_s']:.2f}×")
+        print(f"{r['method']:<30} {r['device']:<7} {r['images_per_s']:9.1f} {r['epoch_s']:8.2f}   {seconds}")
+    reference = results[-1]
+    for r in results[:-1]:
+        print(f"ratio {r['method']} / reference: {r['images_per_s'] / reference['images_per_s']:.2f}×")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -252,7 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     data = random_cifar100_lt(args.subset)
     print_environment(args, data)
     with tempfile.TemporaryDirectory(prefix="ltkit-bench-") as out_dir:
-        results = [time_ltkit(data, args, out_dir), time_reference(data, args)]
+        results = [time_ltkit(data, args, out_dir)]
+        if args.device == "cpu" and cpu_has_native_bf16():  # ltkit's cpu_amp: bf16 autocast on the CPU
+            results.append(time_ltkit(data, args, out_dir, "ltkit train.fit, cpu_amp=True", cpu_amp=True))
+        results.append(time_reference(data, args))
         print_table(results)
         if args.full_run:
             full_run(args, out_dir)

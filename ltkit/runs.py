@@ -108,12 +108,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         ) from err
 
 
-def prepare_run_dir(run_dir: Path, config: dict, if_exists: str = "error") -> str:
+def prepare_run_dir(run_dir: Path, config: dict, if_exists: str = "error", defaults: dict | None = None) -> str:
     """Create the run directory; returns 'new', 'resume' or 'finished'.
 
     ``if_exists``: 'error' (default) refuses an existing run; 'resume'
     continues it (or returns 'finished' when it has a result), provided its
-    config matches; 'overwrite' deletes it first.
+    config matches; 'overwrite' deletes it first.  A field missing from the
+    stored config (a run written before the field existed) matches its value
+    in ``defaults``.
     """
     if if_exists not in IF_EXISTS:
         raise ValueError(f"if_exists={if_exists!r}; choose one of: {', '.join(IF_EXISTS)}.")
@@ -127,7 +129,7 @@ def prepare_run_dir(run_dir: Path, config: dict, if_exists: str = "error") -> st
         if if_exists == "overwrite":
             shutil.rmtree(run_dir)
         else:
-            stored = read_json(run_dir / "config.json").get("config", {})
+            stored = {**(defaults or {}), **read_json(run_dir / "config.json").get("config", {})}
             differing = sorted(k for k in set(stored) | set(config) if k not in _VOLATILE and stored.get(k) != config.get(k))
             if differing:
                 raise ValueError(

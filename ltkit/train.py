@@ -29,7 +29,10 @@ Design
   ``step`` (multiplied by ``step_gamma`` at every milestone passed: the
   LDAM / CMO schedule is ``0.1 → ×0.01 at 160 → ×0.0001 at 180``) or
   ``cosine``.  SGD with momentum and weight decay.
-* On a GPU: bf16 autocast, channels_last, optional ``torch.compile``.
+* On a GPU: bf16 autocast, channels_last, optional ``torch.compile``.  On a CPU
+  with native bf16 (AVX512-BF16 or AMX), ``cpu_amp=True`` turns bf16 autocast on
+  there too: ResNet-32 trains about 1.9x faster on such a CPU (off by default,
+  so that CPU results stay fp32).
 
 Hook points (:class:`Method`)
 -----------------------------
@@ -123,6 +126,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int | None = None  # torch CPU threads (None: torch's default); 1 is fastest for tiny models
     amp: bool = True  # bf16 autocast on GPU
+    cpu_amp: bool = False  # bf16 autocast on CPU too (with amp; fast on CPUs with AVX512-BF16 / AMX)
     channels_last: bool = True  # on GPU
     compile: bool = False
     deterministic: bool = True
@@ -328,7 +332,7 @@ class Context:
         return getattr(model, "_orig_mod", model)
 
     def autocast(self):
-        enabled = self.config.amp and self.device.type == "cuda"
+        enabled = self.config.amp and (self.device.type == "cuda" or self.config.cpu_amp)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def mixed_loss(self, logits: Tensor, batch: Batch) -> Tensor:
@@ -652,7 +656,8 @@ def _fit(config: TrainConfig, data: Any) -> dict:
 
 def _prepare(run_dir: Path, config: TrainConfig, rank: int) -> str:
     """Rank 0 decides (and creates the folder); the others follow its decision."""
-    status = runs.prepare_run_dir(run_dir, config.to_dict(), config.if_exists) if rank == 0 else ""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    status = runs.prepare_run_dir(run_dir, config.to_dict(), config.if_exists, defaults) if rank == 0 else ""
     if dist.is_available() and dist.is_initialized():
         box = [status]
         dist.broadcast_object_list(box, src=0)

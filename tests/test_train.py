@@ -84,6 +84,38 @@ def test_run_directory_is_never_silently_overwritten(tmp_path):
         _fit(tmp_path, epochs=1, if_exists="resume", lr=0.01)
 
 
+def test_a_run_written_before_a_config_field_existed_is_reused(tmp_path):
+    """Older records lack newer fields (e.g. cpu_amp): a missing field matches its default, not anything else."""
+    record = _fit(tmp_path, epochs=1)
+    meta_path = Path(record["dir"]) / "config.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["cpu_amp"]
+    meta_path.write_text(json.dumps(meta))
+    assert _fit(tmp_path, epochs=1, if_exists="resume")["result"] == record["result"]
+    with pytest.raises(ValueError, match="differs in \\['cpu_amp'\\]"):
+        _fit(tmp_path, epochs=1, if_exists="resume", cpu_amp=True)
+
+
+class _LogitsDtype(train.Method):
+    name = "test-logits-dtype"
+    seen: set = set()
+
+    def loss(self, ctx, batch):
+        with ctx.autocast():
+            _LogitsDtype.seen.add(ctx.model(batch.x).dtype)
+
+
+def test_cpu_amp_trains_in_bf16_on_the_cpu(tmp_path):
+    train.register_method(_LogitsDtype)
+    overall = {}
+    for cpu_amp, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        _LogitsDtype.seen = set()
+        record = _fit(tmp_path, method="test-logits-dtype", cpu_amp=cpu_amp, name=f"amp-{cpu_amp}")
+        assert _LogitsDtype.seen == {dtype}
+        overall[cpu_amp] = record["result"]["overall"]
+    assert abs(overall[True] - overall[False]) < 0.1  # bf16 learns as well as fp32 (4 epochs)
+
+
 def test_training_is_deterministic(tmp_path):
     a = _fit(tmp_path, name="a", epochs=2)
     b = _fit(tmp_path, name="b", epochs=2)
