@@ -92,21 +92,31 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
             for label in methods for seed in seeds]  # every config is checked before the first run starts
     bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
     done: dict[tuple[str, int], dict] = {}
-    if workers == 1:
-        for label, seed, config in jobs:
+    parallel = workers > 1 and sum(not _finished(config) for _, _, config in jobs) > 1
+    for label, seed, config in jobs:  # sequentially: everything, or (in parallel mode) the finished runs, reused
+        if not parallel or _finished(config):
             bar.set_postfix_str(f"{label}, seed {seed}")
             done[label, seed] = run(config, nproc=nproc)
             bar.update()
-    else:
+    if parallel:
+        pending = [(label, seed, config) for label, seed, config in jobs if (label, seed) not in done]
         context = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
-        with ProcessPoolExecutor(min(workers, len(jobs)) or 1, mp_context=context) as pool:
-            futures = {pool.submit(train.fit, config): (label, seed) for label, seed, config in jobs}
-            for future in as_completed(futures):
-                done[futures[future]] = future.result()
-                bar.set_postfix_str("{}, seed {}".format(*futures[future]))
-                bar.update()
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
+            futures = {pool.submit(train.fit, config): (label, seed) for label, seed, config in pending}
+            try:
+                for future in as_completed(futures):
+                    done[futures[future]] = future.result()
+                    bar.set_postfix_str("{}, seed {}".format(*futures[future]))
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, the rest never start
+                raise
     bar.close()
     return {label: [done[label, seed] for seed in seeds] for label in methods}
+
+
+def _finished(config: train.TrainConfig) -> bool:
+    return (Path(config.out_dir) / config.run_name() / "result.json").is_file()
 
 
 def _overrides(overrides: Overrides, seed: int) -> dict:

@@ -208,6 +208,14 @@ def test_run_grid_workers_give_the_same_records_as_one_process(tmp_path):
         for a, b in zip(one[label], two[label]):
             assert a["result"]["per_class"] == b["result"]["per_class"]
             assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    again = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "two"), workers=2, progress=False, **common)
+    assert again["BS"][1]["result"] == two["BS"][1]["result"]  # finished runs are reused, not retrained
+
+
+def test_a_run_failing_in_a_worker_raises_its_own_error(tmp_path):
+    methods = {"CE": dict(epochs=1), "never on": dict(method="cmo", epochs=2)}
+    with pytest.raises(ValueError, match="would never be on"):
+        launch.run_grid(methods, (0,), out_dir=str(tmp_path), workers=2, progress=False)
 
 
 def test_run_grid_checks_every_config_before_training(tmp_path):
