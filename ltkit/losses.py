@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import sampling
+
 __all__ = [
     "LOSS_NAMES",
     "LTLoss",
@@ -124,15 +126,14 @@ def _check_epoch(name: str, value: int) -> int:
     return int(value)
 
 
-def effective_number(n: Counts | float, beta: float) -> Tensor:
+def effective_number(n: Counts, beta: float) -> Tensor:
     """Effective number of samples E(n) = (1 - beta^n) / (1 - beta) (Cui et al., CVPR 2019).
 
     E(n) grows like n for small n and saturates at 1 / (1 - beta): extra
     examples of a large class add less and less new information.
+    :func:`ltkit.sampling.effective_number` in the default dtype.
     """
-    beta = _check_beta(beta)
-    n64 = torch.as_tensor(n, dtype=torch.float64)
-    return ((1.0 - beta**n64) / (1.0 - beta)).to(torch.get_default_dtype())
+    return sampling.effective_number(n, beta).to(torch.get_default_dtype())
 
 
 def drw_weights(class_counts: Counts, beta: float = 0.9999) -> Tensor:

@@ -14,13 +14,7 @@ from ltkit.context_digits import (BACKGROUND_KINDS, contexts_per_class, group_ac
                                   load_context_digits_lt)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _context(tensor_data, method: str, rank: int = 0, world: int = 1, **config):

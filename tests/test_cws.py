@@ -14,13 +14,7 @@ DIGITS = [140, 103, 76, 56, 42, 31, 23, 17, 12, 9]
 QUICK = dict(epochs=3, progress=False, method_params={"start_epoch": 1})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread (and a shared 2-core machine does not thrash)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _state(run_dir) -> dict:

@@ -13,13 +13,7 @@ from ltkit.feedback import FeedbackClassifier, Guidance
 COUNTS = [140, 103, 76, 56, 42, 31, 23, 17, 12, 9]  # digits-lt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to a busy shared machine (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- tiny random models

@@ -15,13 +15,7 @@ from ltkit import ot as lot
 from ltkit import synlt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust when the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _clouds(n=7, m=11, d=3, seed=0, dtype=torch.float64):
