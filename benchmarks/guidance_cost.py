@@ -2,7 +2,7 @@
 
 What is measured
 ----------------
-Seconds per generated image of :func:`ltkit.feedback.guided_sample`, side by
+Seconds per generated image of :func:`ltkit.methods.feedback.guided_sample`, side by
 side in one process, on the same model, classes and initial noise:
 
 * **unguided**: DDIM with classifier-free guidance (one batched forward pass of
@@ -11,7 +11,7 @@ side in one process, on the same model, classes and initial noise:
   pass, the frozen classifier on ``x̂0`` and a backward pass to ``x_t``
   (float32), for each criterion (loss, entropy, hardness) and each ``--every``.
 
-Model: the committed ``digits-lt`` checkpoint (``ltkit.diffusion``, 0.64 M
+Model: the committed ``digits-lt`` checkpoint (``ltkit.methods.diffusion``, 0.64 M
 parameters, 1x8x8) and feedback classifier, or ``--random`` for a randomly
 initialised model of the same shape (no checkpoint needed; timings are the
 same).  Runs alternate unguided / guided ``--repeats`` times and report the
@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ltkit import diffusion, feedback  # noqa: E402
+from ltkit.methods import diffusion, feedback  # noqa: E402
 
 
 def _models(random: bool, device: str):

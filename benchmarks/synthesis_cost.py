@@ -6,7 +6,7 @@ On one class-balanced batch (what M2m / Syn-LT train on after ``start_epoch``):
 
 * **train step**: forward, loss, backward and an SGD step of the network ``f``
   being trained (what the engine does per batch);
-* **M2m step**: ``ltkit.synlt.synthesize`` with λ1 = 0: slots, seeds, T = 5
+* **M2m step**: ``ltkit.methods.synlt.synthesize`` with λ1 = 0: slots, seeds, T = 5
   per-sample normalised gradient steps through ``g`` (CE) and ``f`` (seed-class
   logit), the acceptance test;
 * **Syn-LT step**: the same with the OT term (λ1 = 0.5): per step one batched
@@ -50,7 +50,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from ltkit import data as ltdata  # noqa: E402
-from ltkit import models, profiles, synlt  # noqa: E402
+from ltkit import models, profiles  # noqa: E402
+from ltkit.methods import synlt  # noqa: E402
 
 
 def random_cifar10_lt(seed: int = 0) -> ltdata.TensorData:

@@ -54,7 +54,7 @@ def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, 
     Syn-LT's overrides are a function of the seed: its ``g`` is ``runs_dir/CE-s<seed>``,
     so train ``CE`` first (:func:`train_leaderboard` does).
     """
-    from . import feedback, synlt
+    from .methods import feedback, synlt
 
     def syn_lt(seed: int) -> dict:
         return dict(loss="ce", method="synlt",

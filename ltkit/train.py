@@ -62,16 +62,13 @@ Register a method with :func:`register_method`; configs name it by string.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -256,13 +253,6 @@ class Method:
 
 
 _METHODS: dict[str, type[Method]] = {"none": Method}
-# name -> the module that registers it on import (imported on first use)
-_METHOD_MODULES: dict[str, str] = {
-    **dict.fromkeys(("cutmix", "cmo", "cmo-minor", "cmo-back"), "ltkit.cmo"),
-    **dict.fromkeys(("m2m", "synlt"), "ltkit.synlt"),
-    **dict.fromkeys(("cws", "static-split"), "ltkit.cws"),
-    "feedback-fill": "ltkit.feedback",
-}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -271,19 +261,27 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def _load_methods() -> None:
+    """Import :mod:`ltkit.methods`, whose modules register the kit's methods (once; cheap afterwards)."""
+    import ltkit.methods  # noqa: F401
+
+
 def method_names() -> list[str]:
-    return sorted(set(_METHODS) | set(_METHOD_MODULES))
+    _load_methods()
+    return sorted(_METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered :class:`Method` subclass called ``name``."""
+    if name not in _METHODS:
+        _load_methods()
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}.")
+    return _METHODS[name]
 
 
 def make_method(name: str, params: dict) -> Method:
-    if name not in _METHODS and name in _METHOD_MODULES:
-        try:
-            __import__(_METHOD_MODULES[name])
-        except ModuleNotFoundError as err:
-            raise ValueError(f"method {name!r} lives in {_METHOD_MODULES[name]}, which is not available ({err}).") from err
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}.")
-    return _METHODS[name](**params)
+    return method_class(name)(**params)
 
 
 # =========================================================================== distributed
@@ -323,6 +321,7 @@ class Context:
     test_x: Tensor | None = None  # this rank's test shard on the device (filled at the first evaluation)
     test_y: Tensor | None = None
     epoch: int = 0
+    run_dir: Path | None = None  # where the run record is written
 
     @property
     def base_model(self) -> nn.Module:
@@ -465,7 +464,7 @@ def file_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
 
 # =========================================================================== evaluation
 @torch.no_grad()
-def evaluate(ctx: Context) -> dict:
+def evaluate_test_set(ctx: Context) -> dict:
     """Final-style evaluation on the full test set (sharded over ranks, confusion all-reduced)."""
     model = ctx.model
     model.eval()
@@ -606,7 +605,7 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     if config.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     method = make_method(config.method, dict(config.method_params))
-    ctx = Context(config, data, counts, model, loss_fn, None, device, rank, world)
+    ctx = Context(config, data, counts, model, loss_fn, None, device, rank, world, run_dir=run_dir)
     if isinstance(data, ltdata.TensorData):
         ctx.train_x, ctx.train_y = data.x_train.to(device), data.y_train.to(device)
         if int(data.y_train.min()) < 0 or int(data.y_train.max()) >= data.num_classes:
@@ -637,7 +636,7 @@ def _fit(config: TrainConfig, data: Any) -> dict:
         row = _train_epoch(ctx, method, epoch)
         last = epoch == config.epochs - 1
         if last or (epoch + 1) % config.eval_every == 0:
-            result = evaluate(ctx)
+            result = evaluate_test_set(ctx)
             row.update({k: result[k] for k in ("overall", "many", "medium", "few", "worst")})
         history.append(row)
         if rank == 0:
@@ -645,7 +644,7 @@ def _fit(config: TrainConfig, data: Any) -> dict:
             if last or (epoch + 1) % config.checkpoint_every == 0:
                 _checkpoint(run_dir / "checkpoint.pt", ctx, method, epoch)
     if result is None:  # nothing left to train (resumed after the last epoch was checkpointed)
-        result = evaluate(ctx)
+        result = evaluate_test_set(ctx)
     result.update(class_counts=counts, epochs=config.epochs, final_epoch=config.epochs - 1,
                   wall_time_s=round(time.time() - started, 3), world_size=world)
     if rank == 0:
@@ -723,64 +722,54 @@ def _restore(path: Path, ctx: Context, method: Method) -> int:
     return int(state["epoch"]) + 1
 
 
-# =========================================================================== command line
-def _parse_value(text: str, annotation: str) -> Any:
-    if text == "None" and "None" in annotation:
-        return None
-    if annotation.startswith(("dict", "list")):
-        return json.loads(text)
-    if annotation.startswith("bool"):
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-        return text.lower() in ("true", "1")
-    for caster in ((int, float) if "int" in annotation else (float,) if "float" in annotation else ()):
-        try:
-            return caster(text)
-        except ValueError:
-            continue
-    if "int" in annotation or "float" in annotation:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    return text
+# =========================================================================== a trained run, rebuilt
+@dataclass
+class Trained:
+    """A finished (or checkpointed) run rebuilt from its folder: see :func:`load_trained`."""
+
+    record: dict  # ltkit.runs.load_run(run_dir)
+    config: TrainConfig
+    data: Any
+    model: nn.Module  # the method's model (e.g. CWS's split model), weights loaded, eval mode, on the CPU
+    loss_fn: losses.LTLoss  # with its state (e.g. DRW's epoch)
+    method: Method  # set up and with its state
+    epoch: int  # the last epoch the checkpoint holds
+    context: "Context"  # the services a method sees (features of the training set, ...), on the CPU
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ltkit.train",
-        description="Train on a long-tailed data set (also under torchrun). Every TrainConfig field is an option.",
-    )
-    parser.add_argument("--preset", default="digits-lt", help=f"one of: {', '.join(PRESETS)} (default digits-lt)")
-    parser.add_argument("--resume", action="store_true", help="continue (or reuse) the run of the same name")
-    parser.add_argument("--config-json", help="a JSON file of TrainConfig fields (used by ltkit.launch)")
-    for f in dataclasses.fields(TrainConfig):
-        annotation = str(f.type)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
-                            type=lambda text, a=annotation: _parse_value(text, a), help=f"({annotation})")
-    return parser
+def load_trained(run_dir: str | os.PathLike, data: Any = None) -> Trained:
+    """Config, data, model, loss (with its state) and method of a run, from its record and checkpoint.
 
-
-def main(argv: list[str] | None = None) -> dict:
-    args = vars(build_parser().parse_args(argv))
-    base = PRESETS.get(args.pop("preset"), None)
-    if base is None:
-        raise SystemExit(f"unknown preset; choose one of: {', '.join(PRESETS)}")
-    if path := args.pop("config_json", None):
-        base = {**base, **json.loads(Path(path).read_text())}
-    if args.pop("resume"):
-        args["if_exists"] = "resume"
+    ``data`` replaces the data set the config names (pass the one you trained on
+    when you trained with ``fit(..., data=...)``).  The checkpoint is loaded with
+    ``weights_only=True``: a file someone sent you cannot run code.
+    """
+    record = runs.load_run(run_dir)
+    config = make_config(**{**record["config"], "progress": False})
+    data = load_data(config) if data is None else data
+    loss_fn = losses.make_loss(config.loss, data.class_counts, **config.loss_params)
+    model = build_model(config, data, loss_fn)
+    method = make_method(config.method, dict(config.method_params))
+    device = torch.device("cpu")
+    ctx = Context(config, data, data.class_counts, model, loss_fn, None, device, run_dir=Path(run_dir))
+    if isinstance(data, ltdata.TensorData):
+        ctx.train_x, ctx.train_y = data.x_train, data.y_train
+    method.setup(ctx)
+    state = runs.load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
     try:
-        record = fit(make_config(**{**base, **args}))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"ltkit.train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if int(os.environ.get("RANK", "0")) == 0:
-        r = record["result"]
-        print(json.dumps(dict(run=record["dir"], **{k: r[k] for k in ("overall", "many", "medium", "few", "worst")})))
-    return record
+        ctx.base_model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise ValueError(f"the checkpoint in {run_dir} does not fit the run its config.json describes ({err}).") from err
+    ctx.base_model.eval()
+    ctx.model = ctx.base_model
+    return Trained(record, config, data, ctx.model, loss_fn, method, int(state["epoch"]), ctx)
 
 
+# =========================================================================== command line
 if __name__ == "__main__":
-    # Run the importable module's main (not this __main__ copy), so that methods
-    # registering themselves on ``ltkit.train`` are found under torchrun too.
-    from ltkit.train import main as _main
+    # ``python -m ltkit.train`` (and torchrun's ``-m ltkit.train``) is the command line of ltkit.cli.
+    from ltkit.cli import main as _main
 
     _main()

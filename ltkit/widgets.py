@@ -175,7 +175,7 @@ def _load_folder(root: Path) -> tuple[list[dict], list[str]]:
     return records, problems
 
 
-def load_runs(source: Any) -> tuple[list[Run], list[str]]:
+def collect_runs(source: Any) -> tuple[list[Run], list[str]]:
     """Runs and problem messages from a folder, a record, a list of records or ``{label: [records]}``.
 
     Never raises for damaged or foreign records (they become problem lines);
@@ -239,7 +239,7 @@ def regroup(result: Mapping, many: int, few: int) -> dict[str, float]:
     return {"overall": float(result.get("overall", math.nan)), **grouped}
 
 
-def summarize(groups: Mapping[str, Sequence[Run]], many: int, few: int) -> dict[str, dict[str, tuple[float, float, int]]]:
+def summarize_groups(groups: Mapping[str, Sequence[Run]], many: int, few: int) -> dict[str, dict[str, tuple[float, float, int]]]:
     """``{label: {key: (mean, std, n)}}`` over the finished seeds of each method (fractions)."""
     summary = {}
     for label, rs in groups.items():
@@ -297,7 +297,7 @@ def _shade_groups(ax, counts: np.ndarray, many: int, few: int) -> None:
     ax.set_xlim(lo, hi)
 
 
-def plot_per_class(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, many: int, few: int) -> None:
+def draw_per_class(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, many: int, few: int) -> None:
     """Per-class accuracy (mean over seeds) against training class size; points coloured by group."""
     from matplotlib.lines import Line2D
 
@@ -329,7 +329,7 @@ def plot_per_class(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, man
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
 
 
-def plot_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, colors: Mapping,
+def draw_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, colors: Mapping,
                     many: int, few: int) -> None:
     """Bars: mean accuracy by group for each method, ± std error bars, one dot per seed."""
     labels = [label for label in groups if label in summary]
@@ -357,7 +357,7 @@ def plot_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, c
         ax.legend(fontsize=7, ncol=2, loc="lower left")
 
 
-def plot_confusion(ax, run: Run | None) -> None:
+def draw_confusion(ax, run: Run | None) -> None:
     """Row-normalised confusion matrix (recall, %) of one run as a seaborn heatmap."""
     import seaborn as sns
 
@@ -383,7 +383,7 @@ def _is_descending(counts: Sequence[int] | None) -> bool:
     return bool(counts) and all(a >= b for a, b in zip(counts, counts[1:]))
 
 
-def plot_history(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, metric: str | None) -> None:
+def draw_history(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, metric: str | None) -> None:
     """One line per method: the metric per epoch, mean over the seeds that reached it, min-max band."""
     drawn = False
     for label, rs in groups.items():
@@ -478,7 +478,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ loading
     def _load(self, select: Sequence[str] | None) -> None:
-        self.runs, problems = load_runs(self.source)
+        self.runs, problems = collect_runs(self.source)
         self.groups, notes = group_runs(self.runs)
         self.load_notes = problems + notes
         top = max([200, self.many.value, self.few.value, *(max(r.class_counts) for r in self.runs if r.finished)])
@@ -547,7 +547,7 @@ class Explorer:
     def summary(self) -> dict[str, dict[str, tuple[float, float, int]]]:
         """``{label: {key: (mean, std, n)}}`` (fractions) of the selected methods at the current thresholds."""
         kept, _ = self.selected()
-        return summarize(kept, self.many.value, self.few.value)
+        return summarize_groups(kept, self.many.value, self.few.value)
 
     # ------------------------------------------------------------------ drawing
     def _on_change(self, _change: Any = None) -> None:
@@ -586,7 +586,7 @@ class Explorer:
         notes += selection_notes
         if self.groups and not self.select.value:
             notes.append("select one or more methods in the list.")
-        summary = summarize(kept, many, few)
+        summary = summarize_groups(kept, many, few)
         order = sort_labels(list(kept), summary, self.sort.value)
         kept = {label: kept[label] for label in order}
         self._show_messages(notes)
@@ -615,10 +615,10 @@ class Explorer:
         chosen = next((r for rs in kept.values() for r in rs if r.name == self.confusion_run.value), None)
         fig = Figure(figsize=(13, 9), dpi=self.dpi)
         axes = fig.subplots(2, 2)
-        plot_per_class(axes[0, 0], kept, colors, many, few)
-        plot_group_bars(axes[0, 1], kept, summary, colors, many, few)
-        plot_confusion(axes[1, 0], chosen)
-        plot_history(axes[1, 1], kept, colors, self.history_metric.value)
+        draw_per_class(axes[0, 0], kept, colors, many, few)
+        draw_group_bars(axes[0, 1], kept, summary, colors, many, few)
+        draw_confusion(axes[1, 0], chosen)
+        draw_history(axes[1, 1], kept, colors, self.history_metric.value)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")

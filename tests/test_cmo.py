@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from ltkit import cmo, data, launch, losses, models, train
-from ltkit.context_digits import (BACKGROUND_KINDS, contexts_per_class, group_accuracy_by_background,
+from ltkit import data, launch, losses, models, train
+from ltkit.methods import cmo
+from ltkit.context_analysis import group_accuracy_by_background
+from ltkit.context_digits import (BACKGROUND_KINDS, contexts_per_class,
                                   load_context_digits_lt)
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltkit import cws, launch, losses, train
+from ltkit import launch, losses, train
+from ltkit.methods import cws
 
 DIGITS = [140, 103, 76, 56, 42, 31, 23, 17, 12, 9]
 QUICK = dict(epochs=3, progress=False, method_params={"start_epoch": 1})

@@ -7,8 +7,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
-from ltkit import data, diffusion, feedback, launch, losses, models, runs, train
-from ltkit.feedback import FeedbackClassifier, Guidance
+from ltkit import data, launch, losses, models, runs, train
+from ltkit.methods import diffusion, feedback
+from ltkit.methods.feedback import FeedbackClassifier, Guidance
 
 COUNTS = [140, 103, 76, 56, 42, 31, 23, 17, 12, 9]  # digits-lt
 

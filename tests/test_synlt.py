@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from ltkit import data, launch, losses, train
-from ltkit import ot as lot
-from ltkit import synlt
+from ltkit.methods import ot as lot
+from ltkit.methods import synlt
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -211,9 +211,9 @@ def test_leaderboard_has_every_idea_of_the_kit():
     """Every method module of the engine is on both data sets' line-up; the diffusion fill only where it exists."""
     from ltkit import demo, train
 
-    modules = {train._METHOD_MODULES[o["method"]] for o in demo.leaderboard_methods("digits-lt", "runs").values()
+    modules = {train.method_class(o["method"]).__module__ for o in demo.leaderboard_methods("digits-lt", "runs").values()
                if isinstance(o, dict) and "method" in o}
-    assert modules == {"ltkit.cmo", "ltkit.cws", "ltkit.feedback"}  # + ltkit.synlt, a function of the seed
+    assert modules == {"ltkit.methods.cmo", "ltkit.methods.cws", "ltkit.methods.feedback"}  # + synlt, a function of the seed
     digits = demo.leaderboard_methods("digits-lt", "r")
     context = demo.leaderboard_methods("context-digits-lt", "r")
     assert set(demo.LOSS_BASELINES) < set(context) and set(digits) - set(context) == {"BS + feedback fill (loss)"}

@@ -1,0 +1,450 @@
+r"""CMO — context-rich minority oversampling — and the CutMix family it belongs to.
+
+Park, Hong, Heo, Yun, Choi, "The Majority Can Help the Minority: Context-rich
+Minority Oversampling for Long-tailed Classification", CVPR 2022 (reference
+code: github.com/naver-ai/cmo).
+
+The idea
+--------
+Tail classes are seen in too few *contexts*.  CMO pastes a patch of a
+minority-weighted image (the **foreground**) into an ordinary training image
+(the **background**), so a rare object appears on the many backgrounds of the
+head classes.  Two streams over the same training set:
+
+* background ``(x^b, y^b)``: the engine's ordinary batch (shuffled, instance-balanced);
+* foreground ``(x^f, y^f)``: drawn with replacement from a weighted
+  distribution ``Q`` (below), with the same augmentation.  As in the reference
+  code, a fresh pass of ``N`` draws starts at every epoch, and another when a
+  pass is exhausted; a foreground batch is drawn for every batch of an on
+  epoch, mixed or not.
+
+For every batch, with probability ``p`` (``prob``, 0.5 in the paper)
+
+.. math::
+
+    \lambda_0 \sim \mathrm{Beta}(\alpha, \alpha),\qquad
+    h = \lfloor H\sqrt{1-\lambda_0}\rfloor,\ w = \lfloor W\sqrt{1-\lambda_0}\rfloor,\qquad
+    (c_y, c_x) \sim \mathcal{U}\{0..H-1\}\times\mathcal{U}\{0..W-1\}
+
+    B = [c_y - \lfloor h/2\rfloor,\ c_y - \lfloor h/2\rfloor + h) \times
+        [c_x - \lfloor w/2\rfloor,\ c_x - \lfloor w/2\rfloor + w)\ \text{clipped to the image}
+
+    \tilde x = M_B \odot x^f + (1 - M_B) \odot x^b,\qquad
+    \lambda = 1 - \frac{|B|}{HW},\qquad
+    \mathcal{L} = \lambda\, L(f(\tilde x), y^b) + (1-\lambda)\, L(f(\tilde x), y^f)
+
+for *any* loss ``L`` of :mod:`ltkit.losses` (the engine's
+``ctx.mixed_loss``).  One box per batch, as in the reference code; ``λ`` is
+recomputed from the real (clipped) box area.
+
+The foreground distribution Q
+-----------------------------
+``weighting`` (see :mod:`ltkit.sampling` for the two views of ``q(r, k)``):
+
+* ``"q-sample"`` (**default, the reference code**): per-sample weight
+  ``n_{y_i}^{-r}``, so class ``k`` is drawn with probability ``∝ n_k^{1-r}``;
+  ``r = 1`` is class-balanced, ``r = 1/2`` square-root, ``r = 2`` favours the
+  tail in proportion to its rarity;
+* ``"q-class"``: the paper's formula read as a class probability, ``∝ n_k^{-r}``;
+* ``"effective-number"``: class probability ``∝ 1 / E(n_k)``,
+  ``E(n) = (1 - β^n)/(1 - β)`` (Cui et al., CVPR 2019): our reading of the
+  paper's ``E(k)`` (Table 10), which the public code does not contain;
+* ``"effective-number-sample"``: the other reading, the code's per-sample
+  convention applied to ``E``: weight ``1 / E(n_{y_i})`` per sample, class
+  probability ``∝ n_k / E(n_k)`` (close to class-balanced when ``β → 1``).
+
+When CMO is on
+--------------
+The paper switches CMO off at both ends; its code mixes only when
+``3 < epoch < epochs - 3`` (0-based): off for the first 3 + 1 and the last 3
+of 200 epochs.  ltkit mixes when ``off_first <= epoch < epochs - off_last``.
+**Choice**: the defaults (``None``) scale the paper's 4 and 3 epochs of 200 to
+the run's length, at least one epoch each:
+``off_first = max(1, round(4 E / 200))``, ``off_last = max(1, round(3 E / 200))``
+(200 epochs: 4 and 3, exactly the paper; 100 epochs: 2 and 2; 30 epochs: 1 and
+1).  Pass integers to fix them (``off_first=4, off_last=3`` for the paper's
+ImageNet-LT runs).  Outside the on epochs nothing is drawn and the batch
+passes through unchanged.
+
+Other choices where the reference code has quirks: its box uses
+``c ± ⌊side/2⌋`` (one pixel short for odd sides) and calls the height ``W``;
+here the unclipped box has exactly ``⌊H√(1-λ_0)⌋`` rows and ``⌊W√(1-λ_0)⌋``
+columns.  Its NumPy stream (coin, λ, centre) is re-seeded by the data subset's
+seed whatever the run's seed; here every draw derives from ``config.seed``.
+
+Variants (the paper's Table 9 and Table 11)
+-------------------------------------------
+* ``"cutmix"`` — plain CutMix (Yun et al., ICCV 2019): the foreground is the
+  *same batch* in a random order (background and foreground both from the
+  original distribution).  Same box, λ, ``prob`` and off epochs.
+* ``"cmo"`` — background original, foreground from ``Q``.
+* ``"cmo-minor"`` — background **and** foreground from ``Q`` (the paper's
+  CMO_minor: "both images sampled from the minority-weighted distribution").
+* ``"cmo-back"`` — background from ``Q``, foreground from the original
+  distribution (CMO_back).  **Our reading** of Table 11: "back" names the
+  stream that is re-weighted, i.e. the roles of the two streams are swapped.
+
+For the two variants with a weighted background the paper does not say whether
+the un-mixed batches (probability ``1 - p``) also come from ``Q``.  **Choice**:
+``bg_scope="all"`` (default) replaces the background loader by a ``Q`` stream
+during the on epochs, as swapping the loaders in the reference code would;
+``bg_scope="mixed"`` re-draws the background from ``Q`` only for the batches
+that get mixed.  The "original distribution" of ``cmo-back``'s foreground is a
+uniform draw with replacement over the training images (class frequency
+``n_k / N``).
+
+Randomness, DDP and resume
+--------------------------
+The coin, ``λ_0`` and the box centre come from a generator seeded with
+``(seed, epoch, step)``: the *same* box on every rank, as in one process.  The
+weighted streams use :class:`ltkit.sampling.DistributedWeightedSampler`: each
+pass is one global draw of ``N`` positions (seeded by ``(seed, epoch, stream,
+pass)``), sharded by position across ranks, restarted when exhausted.  As the
+engine shards the background the same way, rank ``r``'s ``i``-th background
+is paired with the foreground at the same global position as in a single
+process: with ``augment="none"`` and a model without batch norm, 2-process DDP
+trains the same weights as one process.  The streams restart at every epoch,
+so a run resumed from a checkpoint replays exactly (no method state to save).
+Foreground augmentation (the engine's crop / flip) uses a per-rank stream
+seeded with ``(seed, epoch, rank)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import sampling, train
+
+__all__ = [
+    "WEIGHTINGS",
+    "Box",
+    "cut_box",
+    "box_lambda",
+    "sample_box",
+    "paste",
+    "soft_targets",
+    "foreground_weights",
+    "foreground_class_probabilities",
+    "off_epochs",
+    "is_active",
+    "IndexStream",
+    "CutMix",
+    "CMO",
+    "CMOMinor",
+    "CMOBack",
+]
+
+#: Foreground weightings (see the module docstring).
+WEIGHTINGS: tuple[str, ...] = ("q-sample", "q-class", "effective-number", "effective-number-sample")
+#: The paper's schedule: CMO off in the first 4 (``epoch <= 3``) and the last 3 of 200 epochs.
+PAPER_EPOCHS, PAPER_OFF_FIRST, PAPER_OFF_LAST = 200, 4, 3
+BG_SCOPES: tuple[str, ...] = ("all", "mixed")
+_STREAM_IDS = {"foreground": 1, "background": 2, "original": 3}
+
+
+# =========================================================================== box geometry
+@dataclass(frozen=True)
+class Box:
+    """Rows ``[top, bottom)`` and columns ``[left, right)`` of an image."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def area(self) -> int:
+        return (self.bottom - self.top) * (self.right - self.left)
+
+
+def cut_box(height: int, width: int, lam: float, center: tuple[int, int]) -> Box:
+    """A box of ``⌊H√(1-λ)⌋ × ⌊W√(1-λ)⌋`` pixels centred at ``center = (row, col)``, clipped to the image.
+
+    (The reference code uses ``c ± ⌊side/2⌋``, one pixel short for odd sides;
+    here the unclipped box has exactly the side.)
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam={lam} must lie in [0, 1].")
+    cut_h, cut_w = int(height * math.sqrt(1.0 - lam)), int(width * math.sqrt(1.0 - lam))
+    top, left = center[0] - cut_h // 2, center[1] - cut_w // 2
+    clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
+    return Box(clip(top, height), clip(top + cut_h, height), clip(left, width), clip(left + cut_w, width))
+
+
+def box_lambda(box: Box, height: int, width: int) -> float:
+    """``λ = 1 - |B| / (H W)``: the weight of the background label after pasting ``box``."""
+    return 1.0 - box.area / (height * width)
+
+
+def sample_box(height: int, width: int, alpha: float, rng: np.random.Generator) -> tuple[Box, float, float]:
+    """Draw ``λ_0 ~ Beta(α, α)`` and a uniform centre; returns ``(box, λ, λ_0)`` with ``λ`` from the real area."""
+    lam0 = float(rng.beta(alpha, alpha))
+    center = (int(rng.integers(height)), int(rng.integers(width)))
+    box = cut_box(height, width, lam0, center)
+    return box, box_lambda(box, height, width), lam0
+
+
+def paste(background: Tensor, foreground: Tensor, box: Box) -> Tensor:
+    """A copy of ``background`` whose pixels inside ``box`` come from ``foreground`` (``(N, C, H, W)``)."""
+    if background.shape != foreground.shape:
+        raise ValueError(f"background {tuple(background.shape)} and foreground {tuple(foreground.shape)} "
+                         "must have the same shape.")
+    mixed = background.clone()
+    mixed[..., box.top:box.bottom, box.left:box.right] = foreground[..., box.top:box.bottom, box.left:box.right]
+    return mixed
+
+
+def soft_targets(y_background: Tensor, y_foreground: Tensor, lam: float, num_classes: int) -> Tensor:
+    """``λ·onehot(y^b) + (1-λ)·onehot(y^f)``: the label of a mixed image (for cross-entropy the loss
+    ``λ L(y^b) + (1-λ) L(y^f)`` equals CE against these soft targets)."""
+    eye = torch.eye(num_classes, device=y_background.device)
+    return lam * eye[y_background] + (1.0 - lam) * eye[y_foreground]
+
+
+# =========================================================================== the foreground distribution
+def _check_weighting(weighting: str) -> str:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of: {', '.join(WEIGHTINGS)} "
+                         "('q-sample' is the reference code's: class-balanced at r = 1).")
+    return weighting
+
+
+def foreground_class_probabilities(class_counts: Sequence[int], weighting: str = "q-sample", r: float = 1.0,
+                                   beta: float = 0.999) -> Tensor:
+    """The probability that one foreground draw lands in class ``k`` (float64, ``(C,)``)."""
+    weighting = _check_weighting(weighting)
+    if weighting == "q-sample":
+        return sampling.implied_class_probabilities(class_counts, r)
+    if weighting == "q-class":
+        return sampling.class_probabilities(class_counts, r)
+    if weighting == "effective-number":
+        return sampling.effective_number_probabilities(class_counts, beta)
+    mass = torch.as_tensor(class_counts, dtype=torch.float64) / sampling.effective_number(class_counts, beta)
+    return mass / mass.sum()
+
+
+def foreground_weights(labels: Tensor | Sequence[int], class_counts: Sequence[int] | None = None,
+                       weighting: str = "q-sample", r: float = 1.0, beta: float = 0.999) -> Tensor:
+    """Per-sample weights of the foreground stream (``None`` counts the classes from ``labels``)."""
+    weighting = _check_weighting(weighting)
+    labels = torch.as_tensor(labels).cpu()
+    if class_counts is None:
+        class_counts = torch.bincount(labels).tolist()
+    if weighting == "q-sample":
+        return sampling.sample_weights(labels, class_counts, r)
+    if weighting == "effective-number-sample":
+        sampling.sample_weights(labels, class_counts, 0.0)  # validates the labels against the counts
+        return (1.0 / sampling.effective_number(class_counts, beta))[labels.long()]
+    probs = foreground_class_probabilities(class_counts, weighting, r, beta)
+    return sampling.per_sample_weights_from_class_probabilities(labels, probs)
+
+
+# =========================================================================== schedule
+def off_epochs(epochs: int, off_first: int | None = None, off_last: int | None = None) -> tuple[int, int]:
+    """``(off_first, off_last)``; ``None`` scales the paper's 4 and 3 of 200 epochs (at least 1 each)."""
+    first = max(1, round(PAPER_OFF_FIRST * epochs / PAPER_EPOCHS)) if off_first is None else off_first
+    last = max(1, round(PAPER_OFF_LAST * epochs / PAPER_EPOCHS)) if off_last is None else off_last
+    return first, last
+
+
+def is_active(epoch: int, epochs: int, off_first: int | None = None, off_last: int | None = None) -> bool:
+    """Whether mixing is on in (0-based) ``epoch``: ``off_first <= epoch < epochs - off_last``."""
+    first, last = off_epochs(epochs, off_first, off_last)
+    return first <= epoch < epochs - last
+
+
+# =========================================================================== streams
+class IndexStream:
+    """An endless stream of training-set positions, drawn with replacement from ``weights``, sharded over ranks.
+
+    Pass ``j`` is one :class:`ltkit.sampling.DistributedWeightedSampler` epoch
+    (a global draw of ``N`` positions seeded with ``seed + j``, this rank's
+    shard ``rank::world_size``); :meth:`take` starts the next pass when the
+    current one is exhausted, as the reference code restarts its iterator.
+    """
+
+    def __init__(self, weights: Tensor, num_samples: int, *, world_size: int = 1, rank: int = 0, seed: int = 0):
+        self.sampler = sampling.DistributedWeightedSampler(weights, num_samples, num_replicas=world_size,
+                                                           rank=rank, seed=seed)
+        self.passes = 0
+        self._buffer = torch.empty(0, dtype=torch.int64)
+
+    def take(self, n: int) -> Tensor:
+        """The next ``n`` positions (int64)."""
+        while len(self._buffer) < n:
+            self.sampler.set_epoch(self.passes)
+            self.passes += 1
+            self._buffer = torch.cat([self._buffer, sampling.epoch_indices(self.sampler)])
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+
+def _seed(*parts: int) -> int:
+    """A 31-bit seed from integers (NumPy's SeedSequence mixes them)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+# =========================================================================== parameters
+def _real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}.")
+    return float(value)
+
+
+def _validate(method: str, params: dict, defaults: dict) -> dict:
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"method {method!r} got unknown parameter(s) {unknown}; valid: {', '.join(defaults)}.")
+    p = {**defaults, **params}
+    if _real("alpha", p["alpha"]) <= 0:
+        raise ValueError(f"alpha={p['alpha']} must be > 0: λ ~ Beta(α, α) (the paper uses α = 1, uniform λ).")
+    if not 0.0 <= _real("prob", p["prob"]) <= 1.0:
+        raise ValueError(f"prob={p['prob']} must lie in [0, 1]: the probability that a batch is mixed (paper: 0.5).")
+    for key in ("off_first", "off_last"):
+        v = p[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
+            raise ValueError(f"{key}={v!r} must be None (the paper's schedule, scaled) or an integer >= 0 (epochs).")
+    if "r" in p and _real("r", p["r"]) < 0:
+        raise ValueError(f"r={p['r']} must be >= 0: q(r, k) with r = 0 (no re-weighting), 1/2, 1 (default) or 2.")
+    if "beta" in p and not 0.0 <= _real("beta", p["beta"]) < 1.0:
+        raise ValueError(f"beta={p['beta']} must lie in [0, 1) (effective number; Cui et al. use 0.999 or 0.9999).")
+    if "weighting" in p:
+        _check_weighting(p["weighting"])
+    if "bg_scope" in p and p["bg_scope"] not in BG_SCOPES:
+        raise ValueError(f"bg_scope={p['bg_scope']!r}: choose 'all' (every batch of an on epoch draws its "
+                         "background from Q) or 'mixed' (only the mixed batches).")
+    return p
+
+
+# =========================================================================== methods
+@train.register_method
+class CutMix(train.Method):
+    """Plain CutMix within the batch (Yun et al., ICCV 2019), with CMO's box, λ, ``prob`` and off epochs.
+
+    Parameters (``config.method_params``): ``alpha=1.0``, ``prob=0.5``, ``off_first=None``, ``off_last=None``.
+    """
+
+    name = "cutmix"
+    defaults: dict[str, Any] = dict(alpha=1.0, prob=0.5, off_first=None, off_last=None)
+    background_weighted = False  # background drawn from Q
+    foreground_source = "batch"  # "batch" (CutMix), "weighted" (CMO), "original"
+
+    def __init__(self, **params: Any) -> None:
+        self.params = _validate(self.name, params, self.defaults)
+        self.active = False
+        self.mixed_batches = 0  # this epoch, on this rank (for inspection)
+        self._step = 0
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def setup(self, ctx: train.Context) -> None:
+        if ctx.train_x is None:
+            raise ValueError(f"method {self.name!r} works on tensor data sets held on the device (digits-lt, "
+                             f"context-digits-lt, CIFAR-LT); {ctx.config.dataset!r} is read from files.")
+        epochs = ctx.config.epochs
+        self.off_first, self.off_last = off_epochs(epochs, self.params["off_first"], self.params["off_last"])
+        if self.off_first + self.off_last >= epochs:
+            raise ValueError(f"method {self.name!r} would never be on: off_first={self.off_first} + "
+                             f"off_last={self.off_last} >= epochs={epochs}. Lower them (0 is allowed).")
+        needs_q = self.background_weighted or self.foreground_source == "weighted"
+        self.weights = self._weights(ctx) if needs_q else None
+
+    def epoch_start(self, ctx: train.Context, epoch: int) -> None:
+        self.active = self.off_first <= epoch < ctx.config.epochs - self.off_last
+        self._step, self.mixed_batches, self._epoch = 0, 0, epoch
+        if not self.active:
+            return
+        seed = ctx.config.seed
+        self._augment_gen = torch.Generator().manual_seed(_seed(seed, epoch, ctx.rank, 0xA06))
+        n = len(ctx.train_y)
+        weights = {"foreground": self.weights, "background": self.weights,
+                   "original": torch.ones(n, dtype=torch.float64)}
+        self._streams = {
+            name: IndexStream(weights[name], n, world_size=ctx.world_size, rank=ctx.rank,
+                              seed=_seed(seed, epoch, _STREAM_IDS[name]) * 1024)  # passes add 0, 1, 2, ...
+            for name in self._stream_names()
+        }
+
+    def _stream_names(self) -> list[str]:
+        names = ["background"] if self.background_weighted else []
+        if self.foreground_source != "batch":
+            names.append("foreground" if self.foreground_source == "weighted" else "original")
+        return names
+
+    def batch(self, ctx: train.Context, batch: train.Batch) -> train.Batch:
+        if not self.active:
+            return batch
+        step, self._step = self._step, self._step + 1
+        rng = np.random.default_rng([ctx.config.seed, self._epoch, step, 0xC30])  # identical on every rank
+        mix = bool(rng.random() < self.params["prob"])
+        if self.background_weighted and (mix or self.params.get("bg_scope", "all") == "all"):
+            batch = self._draw(ctx, "background", len(batch.y))
+        fg_x, fg_y = self._foreground(ctx, batch, step)
+        if not mix:
+            return batch
+        _, _, height, width = batch.x.shape
+        box, lam, _ = sample_box(height, width, self.params["alpha"], rng)
+        self.mixed_batches += 1
+        return train.Batch(x=paste(batch.x, fg_x, box), y=batch.y, index=batch.index, y2=fg_y, lam=lam)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _weights(self, ctx: train.Context) -> Tensor:
+        return foreground_weights(ctx.train_y.cpu(), None, self.params.get("weighting", "q-sample"),
+                                  self.params.get("r", 1.0), self.params.get("beta", 0.999))
+
+    def _foreground(self, ctx: train.Context, batch: train.Batch, step: int) -> tuple[Tensor, Tensor]:
+        if self.foreground_source == "batch":  # a permutation of this rank's batch
+            order = torch.from_numpy(np.random.default_rng([ctx.config.seed, self._epoch, step, ctx.rank, 0xC47])
+                                     .permutation(len(batch.y))).to(batch.x.device)
+            return batch.x[order], batch.y[order]
+        drawn = self._draw(ctx, "foreground" if self.foreground_source == "weighted" else "original", len(batch.y))
+        return drawn.x, drawn.y
+
+    def _draw(self, ctx: train.Context, stream: str, n: int) -> train.Batch:
+        """``n`` images from a stream, gathered on the device and augmented like the engine's batches."""
+        idx = self._streams[stream].take(n).to(ctx.device)
+        x = train.to_unit_float(ctx.train_x[idx])
+        if ctx.config.augment != "none":
+            x = train.augment_batch(x, ctx.config.crop_padding, ctx.config.augment == "crop-flip", self._augment_gen)
+        return train.Batch(x=x, y=ctx.train_y[idx], index=idx)
+
+
+_CMO_DEFAULTS = dict(CutMix.defaults, weighting="q-sample", r=1.0, beta=0.999)
+
+
+@train.register_method
+class CMO(CutMix):
+    """CMO (Park et al., CVPR 2022): background from the ordinary loader, foreground from ``Q``.
+
+    Parameters: ``alpha=1.0``, ``prob=0.5``, ``off_first=None``, ``off_last=None``,
+    ``weighting="q-sample"`` (one of :data:`WEIGHTINGS`), ``r=1.0``, ``beta=0.999``.
+    """
+
+    name = "cmo"
+    defaults = _CMO_DEFAULTS
+    foreground_source = "weighted"
+
+
+@train.register_method
+class CMOMinor(CMO):
+    """CMO_minor (paper, Table 11): background *and* foreground from ``Q`` (+ ``bg_scope="all"``)."""
+
+    name = "cmo-minor"
+    defaults = dict(_CMO_DEFAULTS, bg_scope="all")
+    background_weighted = True
+
+
+@train.register_method
+class CMOBack(CMO):
+    """CMO_back (paper, Table 11): background from ``Q``, foreground from the original distribution."""
+
+    name = "cmo-back"
+    defaults = dict(_CMO_DEFAULTS, bg_scope="all")
+    background_weighted = True
+    foreground_source = "original"
