@@ -17,7 +17,7 @@ so a per-sample weight ``w_i = p_{y_i} / n_{y_i}`` realises any class-level
 The sampling distribution q(r, k) — two views
 ---------------------------------------------
 Park et al., "The Majority Can Help the Minority: Context-rich Minority
-Oversampling for Long-tailed Classification" (CMO), CVPR 2022, write
+Oversampling for Long-tailed Classification" (CMO), CVPR 2022, Eq. (2), write
 
 .. math::
 
@@ -70,20 +70,36 @@ class-balanced sampling:
     p_k(t) = \left(1 - \frac{t}{T}\right)\frac{n_k}{N}
              + \frac{t}{T}\,\frac{1}{C}
 
-(:func:`progressive_probabilities`). Note that Kang et al.'s "square-root
-sampling" (``p_k ∝ n_k^{1/2}``) is the *code view* with ``r = 1/2``, not the
-paper view; ``make_sampler(kind="sqrt")`` is the paper view ``q(1/2, k)``
-(``p_k ∝ n_k^{-1/2}``), and ``make_sampler(kind="q-sample", r=0.5)`` gives
-Kang's square-root sampling.
+(:func:`progressive_probabilities`).
 
-All probabilities are returned as ``float64`` tensors. Bad input raises a
-:class:`ValueError` that says what was wrong and how to fix it.
+Square-root sampling
+--------------------
+Mahajan et al., "Exploring the Limits of Weakly Supervised Pretraining",
+ECCV 2018, and Kang et al. (ICLR 2020, with ``q = 1/2`` in their
+``p_j = n_j^q / sum_i n_i^q``) draw class ``k`` with probability
+
+.. math::
+
+    p_k = \frac{n_k^{1/2}}{\sum_j n_j^{1/2}},
+
+between instance-balanced (``q = 1``) and class-balanced (``q = 0``): head
+classes are still drawn more often, but less than in proportion to their size.
+That is ``make_sampler(kind="sqrt")``: per-sample weight ``n_{y_i}^{-1/2}``,
+i.e. the code view of q(r, k) at ``r = 1/2`` (the same weights as
+``kind="q-sample", r=0.5``, so the same draws). The *paper view*
+``q(1/2, k) ∝ n_k^{-1/2}``, which favours the tail, is
+``kind="q-class", r=0.5``; up to this release ltkit's ``"sqrt"`` meant that,
+the opposite of the literature's square-root sampling.
+
+All probabilities are returned as ``float64`` tensors. Bad input raises
+:class:`ltkit.checks.InputError` (a :class:`ValueError`) or, for a value of the
+wrong type, :class:`ltkit.checks.InputTypeError` (a :class:`TypeError`), with a
+message that says what was wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from typing import Union
 
@@ -91,6 +107,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
+
+from . import checks
+from .checks import InputError, InputTypeError
 
 __all__ = [
     "SAMPLER_KINDS",
@@ -128,65 +147,41 @@ _MULTINOMIAL_MAX_CATEGORIES = 2**24
 # --------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------
-def _as_counts(class_counts: ArrayLike) -> Tensor:
-    """Return ``class_counts`` as a validated 1-D float64 tensor."""
+def _counts_tensor(class_counts: ArrayLike, *, positive: bool = True) -> Tensor:
+    """``class_counts`` as a validated 1-D float64 CPU tensor (at least 2 classes).
+
+    Whole-number counts are checked by :func:`ltkit.checks.class_counts`
+    (``positive``: every class has an image); nominal fractional sizes (such as
+    CWS's even split ``n_c / K_c`` of a class) are checked entry by entry with
+    :func:`ltkit.checks.real`.
+    """
     try:
         counts = torch.as_tensor(
             class_counts.detach().cpu() if isinstance(class_counts, Tensor) else class_counts
         ).to(torch.float64)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(
+        raise InputTypeError(
             "class_counts must be a 1-D sequence of per-class image counts, "
             f"e.g. [500, 200, 80]; could not convert it ({exc})."
         ) from exc
     if counts.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"class_counts must be 1-D (one count per class); got shape {tuple(counts.shape)}."
         )
-    if counts.numel() < 2:
-        raise ValueError(
-            f"class_counts has {counts.numel()} class(es); rebalancing needs at least 2 classes."
-        )
-    if not torch.isfinite(counts).all():
-        bad = int(torch.nonzero(~torch.isfinite(counts))[0])
-        raise ValueError(f"class_counts[{bad}] = {counts[bad].item()} is not finite.")
-    if (counts <= 0).any():
-        bad = int(torch.nonzero(counts <= 0)[0])
-        raise ValueError(
-            f"class {bad} has count {counts[bad].item():g}: a class with no images cannot be "
-            "sampled. Drop empty classes (and relabel) or fix class_counts; every count must be > 0."
-        )
+    values = counts.tolist()
+    if len(values) < 2 or all(math.isfinite(v) and v.is_integer() for v in values):
+        checks.class_counts(values, min_classes=2, positive=positive)
+    else:
+        for i, v in enumerate(values):
+            checks.real(f"class_counts[{i}]", v, low=0, low_open=positive,
+                        hint=f"the number of training images of class {i}")
     return counts
 
 
-def _check_r(r: float) -> float:
-    if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r):
-        raise ValueError(f"r must be a finite real number >= 0; got {r!r}.")
-    if r < 0:
-        raise ValueError(
-            f"r must be >= 0 (got {r}). Use r=0 (no rebalancing in the code view), "
-            "r=0.5 (square root) or r=1 (the CMO default)."
-        )
-    return float(r)
-
-
-def _check_beta(beta: float) -> float:
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta):
-        raise ValueError(f"beta must be a real number in [0, 1); got {beta!r}.")
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(
-            f"beta must lie in [0, 1) (got {beta}); Cui et al. use 0.999 or 0.9999. "
-            "beta=1 would make E(n)=n (use class_probabilities(counts, r=1) for that)."
-        )
-    return float(beta)
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer; got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}.")
-    return int(value)
+#: Hints of the shared validators for the two parameters used throughout.
+_R_HINT = "r=0: no rebalancing in the code view, r=0.5: square root, r=1: the CMO default"
+_BETA_HINT = ("Cui et al. use 0.999 or 0.9999; beta=1 would make E(n)=n: use class_probabilities(counts, r=1) "
+              "for that")
 
 
 def _as_labels(labels: ArrayLike, num_classes: int | None = None) -> Tensor:
@@ -194,13 +189,13 @@ def _as_labels(labels: ArrayLike, num_classes: int | None = None) -> Tensor:
     try:
         lab = torch.as_tensor(labels.detach().cpu() if isinstance(labels, Tensor) else labels)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"labels must be a 1-D sequence of integer class indices ({exc}).") from exc
+        raise InputError(f"labels must be a 1-D sequence of integer class indices ({exc}).") from exc
     if lab.ndim != 1:
-        raise ValueError(f"labels must be 1-D (one label per image); got shape {tuple(lab.shape)}.")
+        raise InputError(f"labels must be 1-D (one label per image); got shape {tuple(lab.shape)}.")
     if lab.numel() == 0:
-        raise ValueError("labels is empty; a sampler needs at least one image.")
+        raise InputError("labels is empty; a sampler needs at least one image.")
     if lab.dtype == torch.bool or lab.is_floating_point() or lab.is_complex():
-        raise ValueError(
+        raise InputError(
             f"labels must have an integer dtype (got {lab.dtype}); convert with labels.long()."
         )
     lab = lab.to(torch.int64)
@@ -208,7 +203,7 @@ def _as_labels(labels: ArrayLike, num_classes: int | None = None) -> Tensor:
         outside = (lab < 0) | (lab >= num_classes)
         if outside.any():
             pos = int(torch.nonzero(outside)[0])
-            raise ValueError(
+            raise InputError(
                 f"labels must lie in [0, C) = [0, {num_classes}); found label {int(lab[pos])} "
                 f"at position {pos}. Check that class_counts has one entry per class "
                 "and that labels are 0-based."
@@ -221,12 +216,12 @@ def _as_probabilities(class_probs: ArrayLike, name: str = "class_probs") -> Tens
         class_probs.detach().cpu() if isinstance(class_probs, Tensor) else class_probs
     ).to(torch.float64)
     if probs.ndim != 1 or probs.numel() < 1:
-        raise ValueError(f"{name} must be a non-empty 1-D tensor; got shape {tuple(probs.shape)}.")
+        raise InputError(f"{name} must be a non-empty 1-D tensor; got shape {tuple(probs.shape)}.")
     if not torch.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative; got {probs.tolist()}.")
+        raise InputError(f"{name} must be finite and non-negative; got {probs.tolist()}.")
     total = float(probs.sum())
     if abs(total - 1.0) > 1e-6:
-        raise ValueError(
+        raise InputError(
             f"{name} must sum to 1 (got {total:.8g}); normalise with p / p.sum()."
         )
     return probs
@@ -236,13 +231,13 @@ def _check_weights(weights: ArrayLike) -> Tensor:
     w = torch.as_tensor(weights.detach().cpu() if isinstance(weights, Tensor) else weights)
     w = w.to(torch.float64)
     if w.ndim != 1 or w.numel() == 0:
-        raise ValueError(f"weights must be a non-empty 1-D tensor; got shape {tuple(w.shape)}.")
+        raise InputError(f"weights must be a non-empty 1-D tensor; got shape {tuple(w.shape)}.")
     if not torch.isfinite(w).all() or (w < 0).any():
-        raise ValueError("weights must be finite and non-negative.")
+        raise InputError("weights must be finite and non-negative.")
     if float(w.sum()) <= 0:
-        raise ValueError("weights sum to 0; at least one sample must have a positive weight.")
+        raise InputError("weights sum to 0; at least one sample must have a positive weight.")
     if w.numel() > _MULTINOMIAL_MAX_CATEGORIES:
-        raise ValueError(
+        raise InputError(
             f"weights has {w.numel()} entries; torch.multinomial supports at most 2**24."
         )
     return w
@@ -259,7 +254,7 @@ def _normalise_log(log_mass: Tensor) -> Tensor:
 def class_probabilities(class_counts: ArrayLike, r: float) -> Tensor:
     r"""Paper view of CMO's q(r, k): class probability ``∝ n_k^{-r}``.
 
-    ``q(r, k) = n_k^{-r} / sum_j n_j^{-r}`` (Park et al., CVPR 2022, Eq. 3).
+    ``q(r, k) = n_k^{-r} / sum_j n_j^{-r}`` (Park et al., CVPR 2022, Eq. (2)).
     ``r = 0`` gives uniform class probabilities, ``r = 1`` inverse frequency.
     Computed in log space so that large counts and large ``r`` do not underflow.
 
@@ -270,8 +265,8 @@ def class_probabilities(class_counts: ArrayLike, r: float) -> Tensor:
     Returns:
         float64 tensor of shape ``(C,)`` summing to 1.
     """
-    counts = _as_counts(class_counts)
-    r = _check_r(r)
+    counts = _counts_tensor(class_counts)
+    r = checks.real("r", r, low=0, hint=_R_HINT)
     return _normalise_log(-r * torch.log(counts))
 
 
@@ -286,8 +281,8 @@ def implied_class_probabilities(class_counts: ArrayLike, r: float) -> Tensor:
     Returns:
         float64 tensor of shape ``(C,)`` summing to 1.
     """
-    counts = _as_counts(class_counts)
-    r = _check_r(r)
+    counts = _counts_tensor(class_counts)
+    r = checks.real("r", r, low=0, hint=_R_HINT)
     return _normalise_log((1.0 - r) * torch.log(counts))
 
 
@@ -306,8 +301,8 @@ def sample_weights(labels: ArrayLike, class_counts: ArrayLike, r: float) -> Tens
     Returns:
         float64 tensor of shape ``(N,)``.
     """
-    counts = _as_counts(class_counts)
-    r = _check_r(r)
+    counts = _counts_tensor(class_counts)
+    r = checks.real("r", r, low=0, hint=_R_HINT)
     lab = _as_labels(labels, counts.numel())
     return torch.exp(-r * torch.log(counts))[lab]
 
@@ -321,8 +316,8 @@ def effective_number(class_counts: ArrayLike, beta: float) -> Tensor:
     Returns:
         float64 tensor of shape ``(C,)``.
     """
-    counts = _as_counts(class_counts)
-    beta = _check_beta(beta)
+    counts = _counts_tensor(class_counts)
+    beta = checks.real("beta", beta, low=0, high=1, high_open=True, hint=_BETA_HINT)
     if beta == 0.0:
         return torch.ones_like(counts)
     log_beta = math.log1p(beta - 1.0) if beta > 0.5 else math.log(beta)
@@ -358,14 +353,11 @@ def progressive_probabilities(class_counts: ArrayLike, epoch: int, total_epochs:
     Returns:
         float64 tensor of shape ``(C,)`` summing to 1.
     """
-    counts = _as_counts(class_counts)
-    total_epochs = _check_int("total_epochs", total_epochs, 1)
-    epoch = _check_int("epoch", epoch, 0)
-    if epoch > total_epochs:
-        raise ValueError(
-            f"epoch must lie in [0, total_epochs] = [0, {total_epochs}]; got epoch={epoch}. "
-            "Pass the current epoch and the length of the schedule."
-        )
+    counts = _counts_tensor(class_counts)
+    total_epochs = checks.integer("total_epochs", total_epochs, low=1)
+    epoch = checks.integer("epoch", epoch, low=0, high=total_epochs,
+                           hint="0 <= epoch <= total_epochs: pass the current epoch and the length "
+                                "of the schedule")
     frac = epoch / total_epochs
     instance = counts / counts.sum()
     uniform = torch.full_like(counts, 1.0 / counts.numel())
@@ -394,7 +386,7 @@ def per_sample_weights_from_class_probabilities(
     missing = (counts == 0) & (probs > 0)
     if missing.any():
         k = int(torch.nonzero(missing)[0])
-        raise ValueError(
+        raise InputError(
             f"class {k} has probability {probs[k].item():.3g} but no images in labels: "
             "a class with no images cannot be sampled. Give it probability 0 or drop the class."
         )
@@ -405,7 +397,7 @@ def per_sample_weights_from_class_probabilities(
 def expected_samples_per_class(class_probs: ArrayLike, num_draws: int) -> Tensor:
     """Expected number of draws per class, ``num_draws * p_k`` (float64, shape ``(C,)``)."""
     probs = _as_probabilities(class_probs)
-    num_draws = _check_int("num_draws", num_draws, 0)
+    num_draws = checks.integer("num_draws", num_draws, low=0)
     return probs * num_draws
 
 
@@ -413,7 +405,7 @@ def expected_samples_per_class(class_probs: ArrayLike, num_draws: int) -> Tensor
 # Samplers
 # --------------------------------------------------------------------------
 def _generator(seed: int) -> torch.Generator:
-    seed = _check_int("seed", seed, 0)
+    seed = checks.integer("seed", seed, low=0)
     return torch.Generator().manual_seed(seed)
 
 
@@ -424,7 +416,7 @@ def weighted_sampler(weights: ArrayLike, num_samples: int, seed: int) -> Weighte
     sampler) give different but reproducible draws.
     """
     w = _check_weights(weights)
-    num_samples = _check_int("num_samples", num_samples, 1)
+    num_samples = checks.integer("num_samples", num_samples, low=1)
     return WeightedRandomSampler(w, num_samples, replacement=True, generator=_generator(seed))
 
 
@@ -449,8 +441,10 @@ def make_sampler(
     - ``"q-sample"``: code view of CMO, per-sample weight ``n_{y_i}^{-r}`` [``∝ n_k^{1-r}``];
       ``r=1`` reproduces the reference code (class-balanced).
     - ``"class-balanced"``: [``1 / C``].
-    - ``"sqrt"``: paper view with ``r = 1/2`` [``∝ n_k^{-1/2}``]. (Kang et al.'s
-      square-root sampling ``∝ n_k^{1/2}`` is ``"q-sample"`` with ``r=0.5``.)
+    - ``"sqrt"``: square-root sampling (Mahajan et al. 2018, Kang et al. 2020)
+      [``∝ n_k^{1/2}``]: per-sample weight ``n_{y_i}^{-1/2}``, the same weights as
+      ``"q-sample"`` with ``r=0.5``. (The paper view ``∝ n_k^{-1/2}``, what
+      ``"sqrt"`` meant before, is ``"q-class"`` with ``r=0.5``.)
     - ``"effective-number"``: [``∝ 1 / E(n_k)``] with ``beta``.
     - ``"progressive"``: [``(1 - t/T) n_k/N + (t/T)/C``] with ``epoch``, ``total_epochs``.
 
@@ -464,24 +458,23 @@ def make_sampler(
     Returns:
         a :class:`torch.utils.data.Sampler` of dataset indices.
     """
-    if not isinstance(kind, str) or kind not in SAMPLER_KINDS:
-        raise ValueError(f"unknown sampler kind {kind!r}; valid kinds are {', '.join(SAMPLER_KINDS)}.")
+    checks.choice("sampler kind", kind, SAMPLER_KINDS)
     if class_counts is None:
         lab = _as_labels(labels)
-        counts = _as_counts(torch.bincount(lab))
+        counts = _counts_tensor(torch.bincount(lab))
     else:
-        counts = _as_counts(class_counts)
+        counts = _counts_tensor(class_counts)
         lab = _as_labels(labels, counts.numel())
         observed = torch.bincount(lab, minlength=counts.numel()).to(torch.float64)
         if not torch.equal(observed, counts):
             diff = int(torch.nonzero(observed != counts)[0])
-            raise ValueError(
+            raise InputError(
                 f"class_counts does not match the labels: class {diff} has "
                 f"{int(observed[diff])} labels but class_counts[{diff}] = {counts[diff].item():g}. "
                 "Pass class_counts=None to count them from labels."
             )
     n = lab.numel()
-    num_samples = n if num_samples is None else _check_int("num_samples", num_samples, 1)
+    num_samples = n if num_samples is None else checks.integer("num_samples", num_samples, low=1)
 
     if kind == "instance":
         return RandomSampler(
@@ -489,13 +482,13 @@ def make_sampler(
         )
     if kind == "q-sample":
         return weighted_sampler(sample_weights(lab, counts, r), num_samples, seed)
+    if kind == "sqrt":  # p_k ∝ n_k^{1/2}: the code view at r = 1/2
+        return weighted_sampler(sample_weights(lab, counts, 0.5), num_samples, seed)
 
     if kind == "q-class":
         probs = class_probabilities(counts, r)
     elif kind == "class-balanced":
         probs = torch.full_like(counts, 1.0 / counts.numel())
-    elif kind == "sqrt":
-        probs = class_probabilities(counts, 0.5)
     elif kind == "effective-number":
         probs = effective_number_probabilities(counts, beta)
     else:  # "progressive"
@@ -539,27 +532,24 @@ class DistributedWeightedSampler(Sampler[int]):
         seed: int = 0,
     ) -> None:
         self.weights = _check_weights(weights)
-        self.num_samples = _check_int("num_samples", num_samples, 1)
+        self.num_samples = checks.integer("num_samples", num_samples, low=1)
         dist_ready = torch.distributed.is_available() and torch.distributed.is_initialized()
         if num_replicas is None:
             num_replicas = torch.distributed.get_world_size() if dist_ready else 1
         if rank is None:
             rank = torch.distributed.get_rank() if dist_ready else 0
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, numbers.Integral) or num_replicas < 1:
-            raise ValueError(f"num_replicas must be an integer >= 1; got {num_replicas!r}.")
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"rank must lie in [0, num_replicas) = [0, {num_replicas}); got {rank!r}."
-            )
+        num_replicas = checks.integer("num_replicas", num_replicas, low=1, hint="the world size")
+        rank = checks.integer("rank", rank, low=0, high=num_replicas - 1,
+                              hint=f"this process's rank among num_replicas={num_replicas}")
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = checks.integer("seed", seed, low=0)
         self.epoch = 0
         self.total_size = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch; the draw is seeded with ``seed + epoch``."""
-        self.epoch = _check_int("epoch", epoch, 0)
+        self.epoch = checks.integer("epoch", epoch, low=0)
 
     def global_draw(self) -> Tensor:
         """The full draw of ``total_size`` indices for the current epoch (int64)."""
@@ -586,12 +576,12 @@ def epoch_indices(sampler: Sampler[int]) -> Tensor:
     try:
         out = torch.as_tensor(indices)
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(
+        raise InputError(
             "sampler must yield integer indices; pass the index sampler, not a BatchSampler "
             f"({exc})."
         ) from exc
     if out.ndim != 1 or out.is_floating_point() or out.is_complex() or out.dtype == torch.bool:
-        raise ValueError(
+        raise InputError(
             f"sampler must yield integer indices (got dtype {out.dtype}, shape {tuple(out.shape)}); "
             "pass the index sampler, not a BatchSampler."
         )

@@ -188,7 +188,9 @@ def _theory(kind: str, kwargs: dict) -> np.ndarray:
     if kind == "class-balanced":
         return np.full(C, 1.0 / C)
     if kind == "sqrt":
-        return _normalise(n**-0.5)
+        # square-root sampling: p_k = n_k^q / sum_j n_j^q with q = 1/2 (Mahajan et al., ECCV 2018;
+        # Kang et al., ICLR 2020, "Decoupling Representation and Classifier", Sec. 3)
+        return _normalise(n**0.5)
     if kind == "effective-number":
         b = kwargs["beta"]
         return _normalise((1 - b) / (1 - b**n))
@@ -234,10 +236,30 @@ def test_chi_square_has_power_against_wrong_view(labels):
     idx = S.epoch_indices(S.make_sampler(labels, COUNTS, "q-class", r=1.0, seed=7, num_samples=NUM_DRAWS))
     observed = _class_frequencies(labels, idx)
     assert _chi2_p(observed, _theory("q-sample", {"r": 1.0})) < 1e-6
-    # A subtle error is caught too: sqrt (r=0.5) against r=0.6.
+    # A subtle error is caught too: sqrt (class probability ∝ n^0.5) against ∝ n^0.4 ...
     idx = S.epoch_indices(S.make_sampler(labels, COUNTS, "sqrt", seed=7, num_samples=NUM_DRAWS))
     observed = _class_frequencies(labels, idx)
-    assert _chi2_p(observed, _theory("q-class", {"r": 0.6})) < 1e-6
+    assert _chi2_p(observed, _theory("q-sample", {"r": 0.6})) < 1e-6
+    # ... and, overwhelmingly, against what "sqrt" meant before (the paper view q(1/2, k) ∝ n^-0.5).
+    assert _chi2_p(observed, _theory("q-class", {"r": 0.5})) < 1e-100
+
+
+def test_sqrt_sampler_is_square_root_sampling(labels):
+    """Class probability ∝ sqrt(n_k), exactly, and the same draws as the code view at r = 1/2."""
+    n = _n()
+    sampler = S.make_sampler(labels, COUNTS, "sqrt", seed=5)
+    w = sampler.weights.double()
+    np.testing.assert_allclose(w.numpy(), n[labels.numpy()] ** -0.5, rtol=1e-12)  # per-sample n_y^-1/2
+    class_mass = torch.zeros(len(COUNTS), dtype=torch.float64).index_add_(0, labels, w).numpy()
+    np.testing.assert_allclose(class_mass / class_mass.sum(), np.sqrt(n) / np.sqrt(n).sum(), rtol=1e-12)
+    np.testing.assert_allclose(S.implied_class_probabilities(COUNTS, 0.5).numpy(),
+                               np.sqrt(n) / np.sqrt(n).sum(), rtol=1e-12)
+    # head classes are still drawn more often than tail classes, but less than in proportion to size
+    p = class_mass / class_mass.sum()
+    assert np.all(np.diff(p) < 0) and p[0] / p[-1] == pytest.approx(np.sqrt(n[0] / n[-1]))
+    same = S.make_sampler(labels, COUNTS, "q-sample", r=0.5, seed=5)
+    assert torch.equal(sampler.weights, same.weights)
+    assert torch.equal(S.epoch_indices(sampler), S.epoch_indices(same))
 
 
 def test_images_within_a_class_are_drawn_uniformly(labels):
@@ -341,14 +363,15 @@ def test_distributed_defaults_without_process_group(labels):
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: S.class_probabilities(COUNTS, -0.5), r"r must be >= 0"),
-        (lambda: S.implied_class_probabilities(COUNTS, float("nan")), r"finite"),
-        (lambda: S.sample_weights([0, 1], COUNTS, -1.0), r"r must be >= 0"),
-        (lambda: S.effective_number(COUNTS, 1.0), r"beta must lie in \[0, 1\)"),
-        (lambda: S.effective_number(COUNTS, -0.1), r"beta must lie in \[0, 1\)"),
-        (lambda: S.effective_number_probabilities(COUNTS, 1.5), r"beta must lie"),
-        (lambda: S.class_probabilities([500, 0, 10], 1.0), r"class 1 .*no images cannot be sampled"),
-        (lambda: S.class_probabilities([500, 20, -3], 1.0), r"class 2 .*no images cannot be sampled"),
+        (lambda: S.class_probabilities(COUNTS, -0.5), r"r=-0.5 must be >= 0 \(r=0: no rebalancing"),
+        (lambda: S.implied_class_probabilities(COUNTS, float("nan")), r"r=nan must be a finite number"),
+        (lambda: S.sample_weights([0, 1], COUNTS, -1.0), r"r=-1.0 must be >= 0"),
+        (lambda: S.effective_number(COUNTS, 1.0), r"beta=1.0 must lie in \[0, 1\) \(Cui et al. use 0.999"),
+        (lambda: S.effective_number(COUNTS, -0.1), r"beta=-0.1 must lie in \[0, 1\)"),
+        (lambda: S.effective_number_probabilities(COUNTS, 1.5), r"beta=1.5 must lie"),
+        (lambda: S.class_probabilities([500, 0, 10], 1.0), r"class_counts\[1\] is 0: every class needs at least one"),
+        (lambda: S.class_probabilities([500, 20, -3], 1.0), r"class_counts\[2\]=-3.0 must be a non-negative whole"),
+        (lambda: S.class_probabilities([10.5, 3, 0], 1.0), r"class_counts\[2\]=0.0 must be > 0"),
         (lambda: S.class_probabilities([500], 1.0), r"at least 2 classes"),
         (lambda: S.class_probabilities([[1, 2], [3, 4]], 1.0), r"1-D"),
         (lambda: S.sample_weights([0, 1, 5], COUNTS, 1.0), r"\[0, 5\).*label 5 at position 2"),
@@ -357,26 +380,55 @@ def test_distributed_defaults_without_process_group(labels):
         (lambda: S.per_sample_weights_from_class_probabilities([0, 7], [0.5, 0.5]), r"\[0, 2\)"),
         (lambda: S.per_sample_weights_from_class_probabilities([0, 0], [0.5, 0.5]), r"class 1 .*no images"),
         (lambda: S.per_sample_weights_from_class_probabilities([0, 1], [0.5, 0.6]), r"sum to 1"),
-        (lambda: S.progressive_probabilities(COUNTS, 11, 10), r"epoch must lie in \[0, total_epochs\]"),
-        (lambda: S.progressive_probabilities(COUNTS, -1, 10), r"epoch must be >= 0"),
-        (lambda: S.progressive_probabilities(COUNTS, 0, 0), r"total_epochs must be >= 1"),
-        (lambda: S.progressive_probabilities(COUNTS, 1.5, 10), r"epoch must be an integer"),
-        (lambda: S.make_sampler([0, 1], None, "balanced"), r"unknown sampler kind.*instance.*progressive"),
+        (lambda: S.progressive_probabilities(COUNTS, 11, 10), r"epoch=11 must lie in \[0, 10\] \(0 <= epoch <= total"),
+        (lambda: S.progressive_probabilities(COUNTS, -1, 10), r"epoch=-1 must lie in \[0, 10\]"),
+        (lambda: S.progressive_probabilities(COUNTS, 0, 0), r"total_epochs=0 must be >= 1"),
+        (lambda: S.make_sampler([0, 1], None, "balanced"), r"unknown sampler kind 'balanced'; choose one of: instance.*progressive"),
         (lambda: S.make_sampler([0, 1, 1], [2, 1], "q-sample"), r"class_counts does not match"),
-        (lambda: S.make_sampler([0, 2], None, "q-sample"), r"class 1 .*no images"),
-        (lambda: S.make_sampler([0, 1], [1, 1], "q-class", r=-1), r"r must be >= 0"),
-        (lambda: S.make_sampler([0, 1], [1, 1], "effective-number", beta=1.0), r"beta must lie"),
-        (lambda: S.make_sampler([0, 1], [1, 1], "progressive", epoch=3, total_epochs=2), r"epoch must lie"),
-        (lambda: S.make_sampler([0, 1], [1, 1], "instance", num_samples=0), r"num_samples must be >= 1"),
+        (lambda: S.make_sampler([0, 2], None, "q-sample"), r"class_counts\[1\] is 0"),
+        (lambda: S.make_sampler([0, 1], [1, 1], "q-class", r=-1), r"r=-1 must be >= 0"),
+        (lambda: S.make_sampler([0, 1], [1, 1], "effective-number", beta=1.0), r"beta=1.0 must lie"),
+        (lambda: S.make_sampler([0, 1], [1, 1], "progressive", epoch=3, total_epochs=2), r"epoch=3 must lie"),
+        (lambda: S.make_sampler([0, 1], [1, 1], "instance", num_samples=0), r"num_samples=0 must be >= 1"),
         (lambda: S.weighted_sampler(torch.tensor([0.0, 0.0]), 5, 0), r"sum to 0"),
         (lambda: S.weighted_sampler(torch.tensor([1.0, -1.0]), 5, 0), r"non-negative"),
-        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8, num_replicas=0, rank=0), r"num_replicas must be"),
-        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8, num_replicas=3, rank=3), r"rank must lie in \[0, num_replicas\)"),
-        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8, num_replicas=3, rank=-1), r"rank must lie"),
-        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8).set_epoch(-1), r"epoch must be >= 0"),
-        (lambda: S.expected_samples_per_class([0.5, 0.5], -1), r"num_draws must be >= 0"),
+        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8, num_replicas=0, rank=0), r"num_replicas=0 must be >= 1"),
+        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8, num_replicas=3, rank=3), r"rank=3 must lie in \[0, 2\]"),
+        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8, num_replicas=3, rank=-1), r"rank=-1 must lie"),
+        (lambda: S.DistributedWeightedSampler(torch.ones(4), 8).set_epoch(-1), r"epoch=-1 must be >= 0"),
+        (lambda: S.expected_samples_per_class([0.5, 0.5], -1), r"num_draws=-1 must be >= 0"),
     ],
 )
 def test_bad_input_raises_helpful_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: S.progressive_probabilities(COUNTS, 1.5, 10), r"epoch must be an integer, got float 1.5"),
+        (lambda: S.class_probabilities(COUNTS, "1"), r"r must be a real number, got str"),
+        (lambda: S.effective_number(COUNTS, True), r"beta must be a real number, got bool"),
+        (lambda: S.class_probabilities("abc", 1.0), r"class_counts must be a 1-D sequence"),
+        (lambda: S.make_sampler([0, 1], [1, 1], "q-sample", seed=1.0), r"seed must be an integer"),
+    ],
+)
+def test_wrong_types_raise_type_error(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+def test_errors_are_ltkit_input_errors():
+    from ltkit.checks import InputError, LtkitError
+
+    with pytest.raises(InputError):
+        S.class_probabilities(COUNTS, -1.0)
+    with pytest.raises(LtkitError):
+        S.progressive_probabilities(COUNTS, 1.5, 10)
+
+
+def test_fractional_nominal_counts_are_accepted():
+    # nominal class sizes (e.g. an even split n_c / K_c) are valid where the formulas only need n > 0
+    np.testing.assert_allclose(S.class_probabilities([46.5, 20, 5], 1.0).numpy(),
+                               _normalise(1 / np.array([46.5, 20, 5])), rtol=1e-12)
