@@ -1,17 +1,24 @@
 """Losses for long-tailed classification, all built from the training class counts.
 
 The family, from plain to re-balanced (n_k = training count of class k,
-N = sum_k n_k, pi_k = n_k / N, C = number of classes, z = logits, y = label):
+N = sum_k n_k, pi_k = n_k / N, C = number of classes, z = logits, y = label,
+B = number of samples in the batch, w_k = (1 - beta) / (1 - beta^{n_k})
+normalised to sum to C, i.e. w_k ~ 1 / effective number):
 
 =================  ==========================================================
 ``ce``             cross-entropy  -log softmax(z)_y
 ``weighted-ce``    class-weighted CE; batch mean  sum_i w_{y_i} l_i / sum_i w_{y_i}
 ``focal``          (1 - p_y)^gamma * CE                    (Lin et al., ICCV 2017)
-``cb``             CE (or focal) weighted by 1 / effective number
-                                                       (Cui et al., CVPR 2019)
+``cb``             class-balanced loss as Cui et al. release it: sum_i w_{y_i} L_i / B,
+                   L = softmax CE, one-vs-all sigmoid CE or sigmoid focal
+                   (``loss_type``)                      (Cui et al., CVPR 2019)
+``cb-reweight``    LDAM-DRW's "Reweight" rule: CE weighted by the same w_k,
+                   sum_i w_{y_i} l_i / sum_i w_{y_i}       (Cao et al., 2019)
 ``ldam``           CE on s * (z - m_y e_y), m_k ~ n_k^(-1/4)
                                                    (Cao et al., NeurIPS 2019)
-``ce-drw``         CE, then class-balanced weights from epoch ``drw_epoch`` (DRW)
+``ce-drw``         CE, then the weights w_k from epoch ``drw_epoch`` (DRW)
+``focal-drw``      LDAM-DRW's focal loss with DRW weights: c = w_y CE,
+                   (1 - e^{-c})^gamma c, mean over the B samples
 ``ldam-drw``       LDAM with the same deferred re-weighting (Cao et al., 2019)
 ``bs``             Balanced Softmax: CE(z + log pi)   (Ren et al., NeurIPS 2020)
 ``la``             logit-adjusted loss: CE(z + tau log pi)
@@ -24,38 +31,86 @@ One calling convention::
     loss = make_loss("ldam-drw", class_counts)     # -> LTLoss (an nn.Module)
     loss.set_epoch(epoch)                          # at the start of every epoch
     value = loss(logits, targets)                  # scalar batch mean
+    num, den = loss.reduction_parts(logits, targets)   # value == num / den
     preds = loss.predict_logits(logits).argmax(1)  # at evaluation time
     loss.needs_cosine_head                         # True for LDAM variants
 
 Targets are hard labels (int64 class indices). Mixing methods (CutMix, CMO)
 call the loss twice: ``lam * loss(z, y_a) + (1 - lam) * loss(z, y_b)``.
 
-For weighted losses the batch mean is ``sum_i w_{y_i} l_i / sum_i w_{y_i}``,
-exactly as ``F.cross_entropy(weight=...)`` computes it; ``per_sample`` returns
-the numerators ``w_{y_i} l_i`` (just ``l_i`` when unweighted).
+Two ways to average a weighted batch
+------------------------------------
+Every loss is a ratio ``numerator / denominator`` with
+``numerator = sum_i per_sample_i`` (:meth:`LTLoss.per_sample`). The
+denominator is one of two things, and the released codes differ here:
+
+* **sum of the batch's weights** ``sum_i w_{y_i}``, exactly as
+  ``F.cross_entropy(weight=...)`` computes it: ``weighted-ce``,
+  ``cb-reweight``, and ``ce-drw`` / ``ldam-drw`` once the weights are on
+  (kaidic/LDAM-DRW, ``cifar_train.py``: ``nn.CrossEntropyLoss(weight=...)``
+  and ``LDAMLoss`` pass the weights to ``F.cross_entropy``).
+* **number of samples** ``B``: every unweighted loss, and ``cb`` (Cui et al.,
+  richardaecn/class-balanced-loss ``src/cifar_main.py``: TF's
+  ``softmax_cross_entropy(weights=...)`` divides by the number of non-zero
+  weights, the sigmoid and focal branches by ``sum(one_hot) = B``) and
+  ``focal-drw`` (kaidic/LDAM-DRW ``losses.py``: ``focal_loss`` ends in
+  ``.mean()``).
+
+On CIFAR-100-LT (IF 100) the weights of a typical training batch average
+about 0.2, so the two conventions differ by a factor of about 5 that changes
+from batch to batch. :meth:`LTLoss.reduction_parts` returns both parts, so
+that a distributed engine can add up the denominators of all ranks (one
+all-reduce) and divide every rank's numerator by the global denominator; the
+denominator never depends on the logits (no gradient flows through it).
+
+Departures from the released code (what and why)
+------------------------------------------------
+* departure from richardaecn/class-balanced-loss (``src/cifar_main.py``,
+  ``focal_loss``): the sigmoid focal modulator (1 - p_t)^gamma is computed as
+  ``exp(gamma * logsigmoid(-s z))`` with s = +1 for the true class and -1
+  otherwise, instead of ``exp(-gamma y z - gamma log1p(exp(-z)))``. The value
+  is the same; theirs overflows to a modulator of 0 (a zero loss and
+  gradient) for a true-class logit below about -88 in float32.
+* departure from richardaecn/class-balanced-loss (``src/model_base.py``,
+  ``_fully_connected``): with the sigmoid and focal loss types their
+  classifier bias starts at -log(C - 1) and is excluded from weight decay.
+  That is the model's and the optimiser's business, not the loss's; ltkit's
+  models do not do it.
+* departure from kaidic/LDAM-DRW (``losses.py``, ``focal_loss``) and from the
+  unweighted focal loss: 1 - p is clamped at 1e-12 so that the gradient stays
+  finite for gamma < 1 when p rounds to 1. Values differ only where
+  1 - p < 1e-12.
+* ``cb-reweight`` with ``focal_gamma > 0`` (the softmax focal loss under the
+  sum-of-weights mean) is ltkit's own combination, kept because it is what
+  ``cb`` meant in ltkit before; LDAM-DRW's focal with re-weighting is
+  ``focal-drw`` (``drw_epoch=0`` re-weights from the start, as their
+  ``Reweight`` rule does).
 """
 
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import sampling
+from . import checks, sampling
+from .checks import InputError, InputTypeError
 
 __all__ = [
     "LOSS_NAMES",
+    "CB_LOSS_TYPES",
     "LTLoss",
     "CELoss",
     "WeightedCELoss",
     "FocalLoss",
     "ClassBalancedLoss",
+    "ClassBalancedReweightLoss",
     "LDAMLoss",
     "CEDRWLoss",
+    "FocalDRWLoss",
     "LDAMDRWLoss",
     "BalancedSoftmaxLoss",
     "LogitAdjustedLoss",
@@ -68,62 +123,34 @@ __all__ = [
 
 Counts = Sequence[int] | Tensor
 
+#: Loss types of ``cb`` (Cui et al.'s ``--loss-type``).
+CB_LOSS_TYPES: tuple[str, ...] = ("softmax", "sigmoid", "focal")
+
 
 # --------------------------------------------------------------------------- #
 # Input checks and closed-form helpers
 # --------------------------------------------------------------------------- #
 def _as_counts(class_counts: Counts, *, positive: bool, loss_name: str = "") -> Tensor:
-    """Validate class counts and return them as a float64 CPU tensor."""
-    try:
-        counts = torch.as_tensor(class_counts).detach().to("cpu", torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(
-            f"class_counts must be a 1-D sequence of numbers (one training count "
-            f"per class), got {class_counts!r}"
-        ) from err
-    if counts.dim() != 1 or counts.numel() < 2:
-        raise ValueError(
-            f"class_counts must be a 1-D sequence with at least 2 classes, got shape "
-            f"{tuple(counts.shape)}: pass the number of training examples of each class"
-        )
-    if not torch.isfinite(counts).all():
-        raise ValueError("class_counts contains NaN or inf: pass finite training counts")
-    negative = (counts < 0).nonzero().flatten()
-    if negative.numel():
-        i = int(negative[0])
-        raise ValueError(
-            f"class_counts[{i}] = {counts[i].item():g} is negative: counts must be >= 0"
-        )
+    """Validate class counts (``ltkit.checks``) and return them as a float64 CPU tensor.
+
+    Nominal fractional sizes are accepted (CWS builds a loss over the even split
+    ``n_c / K_c`` of a class); whole-number counts get :func:`ltkit.checks.class_counts`.
+    """
+    counts = sampling._counts_tensor(class_counts, positive=False)
     if counts.sum() <= 0:
-        raise ValueError("class_counts sums to 0: pass the training counts of each class")
+        raise InputError("class_counts sums to 0: pass the training counts of each class.")
     zero = (counts == 0).nonzero().flatten()
     if positive and zero.numel():
-        i = int(zero[0])
         who = f"loss {loss_name!r}" if loss_name else "this computation"
-        raise ValueError(
-            f"class_counts[{i}] is 0 but {who} takes logs or powers of the counts: "
-            f"every class needs at least one training example (drop empty classes, "
-            f"or use 'ce' / 'focal')"
+        raise InputError(
+            f"class_counts[{int(zero[0])}] is 0 but {who} takes logs or powers of the counts: "
+            f"every class needs at least one training example (drop empty classes and relabel, "
+            f"or use 'ce' / 'focal')."
         )
     return counts
 
 
-def _check_beta(beta: float) -> float:
-    if not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1) (typical: 0.999 or 0.9999), got {beta!r}")
-    return float(beta)
-
-
-def _check_nonneg(name: str, value: float, hint: str) -> float:
-    if not isinstance(value, numbers.Real) or not value >= 0:  # `not >=` also catches NaN
-        raise ValueError(f"{name} must be >= 0 ({hint}), got {value!r}")
-    return float(value)
-
-
-def _check_epoch(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+_BETA_HINT = "typical: 0.999 or 0.9999"
 
 
 def effective_number(n: Counts, beta: float) -> Tensor:
@@ -140,9 +167,9 @@ def drw_weights(class_counts: Counts, beta: float = 0.9999) -> Tensor:
     """Class-balanced weights w_k = (1 - beta) / (1 - beta^{n_k}), normalised to sum to C.
 
     w_k is proportional to 1 / E(n_k) (Cui et al., CVPR 2019); these are the
-    weights DRW switches on (Cao et al., NeurIPS 2019).
+    weights of ``cb``, ``cb-reweight`` and the DRW losses (Cao et al., NeurIPS 2019).
     """
-    beta = _check_beta(beta)
+    beta = checks.real("beta", beta, low=0, high=1, high_open=True, hint=_BETA_HINT)
     counts = _as_counts(class_counts, positive=True, loss_name="drw_weights")
     w = (1.0 - beta) / (1.0 - beta**counts)
     return (w / w.sum() * len(w)).to(torch.get_default_dtype())
@@ -174,13 +201,18 @@ class LTLoss(nn.Module):
     """Base class: a loss built from the training class counts.
 
     Subclasses implement :meth:`_loss` (unweighted per-sample loss l_i) and,
-    when they weight classes, override :attr:`class_weight`.
+    when they weight classes, override :attr:`class_weight`. The batch value is
+    ``numerator / denominator`` (:meth:`reduction_parts`); ``divide_by`` says
+    what the denominator is while class weights are in effect: ``"weights"``
+    (sum_i w_{y_i}, as ``F.cross_entropy(weight=...)``) or ``"samples"`` (B).
+    Unweighted, it is always B.
     """
 
     name: str = ""
     needs_cosine_head: bool = False
     needs_positive_counts: bool = True
     check_targets: bool = True
+    divide_by: str = "weights"
 
     def __init__(self, class_counts: Counts) -> None:
         super().__init__()
@@ -201,7 +233,7 @@ class LTLoss(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the loss the current (0-based) epoch. Only DRW losses use it."""
-        self.epoch = _check_epoch("epoch", epoch)
+        self.epoch = checks.integer("epoch", epoch, low=0, hint="the 0-based epoch number")
 
     def predict_logits(self, logits: Tensor) -> Tensor:
         """Scores whose argmax is the prediction; identity unless post-hoc adjusted."""
@@ -209,17 +241,46 @@ class LTLoss(nn.Module):
         return logits
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Per-sample losses w_{y_i} * l_i, shape (N,), before batch normalisation."""
+        """The numerator's terms, shape (B,): ``w_{y_i} * l_i`` (``l_i`` when unweighted).
+
+        Their sum is the numerator of :meth:`reduction_parts`.
+        """
+        return self._per_sample(logits, self._check_inputs(logits, targets))
+
+    def reduction_parts(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(numerator, denominator)``, two 0-d tensors with ``forward == numerator / denominator``.
+
+        numerator = ``per_sample(logits, targets).sum()`` (carries the gradient);
+        denominator = the number of samples B (as a float tensor) for unweighted
+        losses, ``cb`` and ``focal-drw``, or ``sum_i w_{y_i}`` over the batch
+        for ``weighted-ce``, ``cb-reweight`` and ``ce-drw`` / ``ldam-drw`` once
+        their weights are on. The denominator never depends on the logits.
+
+        Data-parallel use: with the global batch split over R ranks, the
+        global-batch loss is ``sum_r num_r / sum_r den_r``; each rank
+        back-propagates ``R * num_r / all_reduce_sum(den_r)`` and DDP's gradient
+        average restores it exactly.
+        """
         targets = self._check_inputs(logits, targets)
+        losses = self._per_sample(logits, targets)
+        return losses.sum(), self._denominator(targets, losses)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Batch value ``numerator / denominator`` (see :meth:`reduction_parts`)."""
+        numerator, denominator = self.reduction_parts(logits, targets)
+        return numerator / denominator
+
+    def _per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
         losses = self._loss(logits, targets)
         w = self.class_weight
         return losses if w is None else w[targets] * losses
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Batch mean: mean_i l_i, or sum_i w_{y_i} l_i / sum_i w_{y_i} when weighted."""
-        losses = self.per_sample(logits, targets)
+    def _denominator(self, targets: Tensor, losses: Tensor) -> Tensor:
         w = self.class_weight
-        return losses.mean() if w is None else losses.sum() / w[targets.long()].sum()
+        if w is None or self.divide_by == "samples":
+            # a fill kernel, not a host-to-device copy: no synchronisation on a GPU
+            return torch.full((), targets.numel(), dtype=losses.dtype, device=losses.device)
+        return w[targets].sum()
 
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
@@ -228,9 +289,9 @@ class LTLoss(nn.Module):
     def _check_logits(self, logits: Tensor) -> None:
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits)
-            raise ValueError(f"logits must be a 2-D tensor (batch, classes), got {shape}")
+            raise InputError(f"logits must be a 2-D tensor (batch, classes), got {shape}")
         if logits.shape[1] != self.num_classes:
-            raise ValueError(
+            raise InputError(
                 f"class_counts has {self.num_classes} entries but logits have "
                 f"{logits.shape[1]} columns: pass the training counts of this data set"
             )
@@ -238,24 +299,24 @@ class LTLoss(nn.Module):
     def _check_inputs(self, logits: Tensor, targets: Tensor) -> Tensor:
         self._check_logits(logits)
         if not isinstance(targets, Tensor) or targets.dim() != 1:
-            raise ValueError("targets must be a 1-D tensor of class indices, shape (N,)")
+            raise InputError("targets must be a 1-D tensor of class indices, shape (N,)")
         if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-            raise ValueError(
+            raise InputError(
                 f"targets must be integer class indices, got dtype {targets.dtype}: "
                 f"for mixed labels call the loss once per label set and combine "
                 f"lam * loss(z, y_a) + (1 - lam) * loss(z, y_b)"
             )
         if targets.shape[0] != logits.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"logits have {logits.shape[0]} rows but targets have {targets.shape[0]}"
             )
         if targets.numel() == 0:
-            raise ValueError("got an empty batch: the batch mean is undefined")
+            raise InputError("got an empty batch: the batch mean is undefined")
         # The range check reads two numbers back from the device (a sync per
         # step on a GPU); the training engine validates its labels once and
         # switches it off with ``check_targets = False``.
         if self.check_targets and (targets.min() < 0 or targets.max() >= self.num_classes):
-            raise ValueError(
+            raise InputError(
                 f"targets must lie in [0, {self.num_classes - 1}], got values in "
                 f"[{int(targets.min())}, {int(targets.max())}]"
             )
@@ -267,6 +328,8 @@ class LTLoss(nn.Module):
             value = getattr(self, p, None)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 parts.append(f"{p}={value}")
+            elif isinstance(value, str):
+                parts.append(f"{p}={value!r}")
         return ", ".join(parts)
 
 
@@ -296,7 +359,7 @@ class WeightedCELoss(CELoss):
         if weights is None:
             zero = (self.class_counts == 0).nonzero().flatten()
             if zero.numel():
-                raise ValueError(
+                raise InputError(
                     f"class_counts[{int(zero[0])}] is 0, so the default inverse-frequency "
                     f"weights are infinite: pass weights=... explicitly"
                 )
@@ -306,14 +369,19 @@ class WeightedCELoss(CELoss):
         self.register_buffer("weights", w)
 
     def _check_weights(self, weights: Counts) -> Tensor:
-        w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+        try:
+            w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputTypeError(
+                f"weights must be a sequence of numbers, one per class, got {weights!r}"
+            ) from err
         if w.shape != (self.num_classes,):
-            raise ValueError(
+            raise InputError(
                 f"weights must have one entry per class ({self.num_classes}), "
                 f"got shape {tuple(w.shape)}"
             )
         if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("weights must be finite, >= 0 and not all zero")
+            raise InputError("weights must be finite, >= 0 and not all zero")
         return w.to(torch.get_default_dtype())
 
     @property
@@ -325,6 +393,8 @@ class FocalLoss(LTLoss):
     """Focal loss (Lin et al., ICCV 2017): l = -(1 - p_y)^gamma log p_y, p = softmax(z).
 
     gamma = 0 is plain CE; larger gamma down-weights easy (well-classified) examples.
+    Equal to kaidic/LDAM-DRW's ``FocalLoss`` without weights (their ``gamma=1``
+    is the default here too).
     """
 
     name = "focal"
@@ -332,7 +402,7 @@ class FocalLoss(LTLoss):
 
     def __init__(self, class_counts: Counts, gamma: float = 1.0) -> None:
         super().__init__(class_counts)
-        self.gamma = _check_nonneg("gamma", gamma, "gamma=0 is plain CE")
+        self.gamma = checks.real("gamma", gamma, low=0, hint="gamma=0 is plain CE")
 
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         log_p = F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1)
@@ -342,23 +412,82 @@ class FocalLoss(LTLoss):
         return -(one_minus_p**self.gamma) * log_p
 
 
-class ClassBalancedLoss(FocalLoss):
-    """Class-balanced loss (Cui et al., CVPR 2019).
+class ClassBalancedLoss(LTLoss):
+    """Class-balanced loss (Cui et al., CVPR 2019), as in their released code.
 
-    L = sum_i w_{y_i} l_i / sum_i w_{y_i}, with w_k = (1 - beta) / (1 - beta^{n_k})
-    normalised to sum to C (i.e. w_k ~ 1 / effective number), and l_i the CE
-    (``focal_gamma=0``) or the softmax focal loss (``focal_gamma > 0``).
+    L = sum_i w_{y_i} L_i / B  (B = number of samples), with
+    w_k = (1 - beta) / (1 - beta^{n_k}) normalised to sum to C, and L_i by
+    ``loss_type`` (richardaecn/class-balanced-loss, ``src/cifar_main.py``):
+
+    * ``"softmax"``: L_i = -log softmax(z_i)_{y_i};
+    * ``"sigmoid"``: one-vs-all binary CE on the one-hot target, summed over
+      the classes, L_i = sum_c BCE(z_ic, [c = y_i]);
+    * ``"focal"``: their sigmoid focal loss, L_i = sum_c (1 - p_t)^gamma BCE(z_ic, [c = y_i]),
+      p_t = sigmoid(z_ic) for the true class and 1 - sigmoid(z_ic) otherwise.
+
+    ``gamma`` is used by ``"focal"`` only (their default 1.0). Predictions
+    are the argmax of z for every type. The LDAM-DRW convention (divide by the
+    batch's sum of weights) is ``cb-reweight``.
     """
 
     name = "cb"
+    divide_by = "samples"
+
+    def __init__(
+        self,
+        class_counts: Counts,
+        beta: float = 0.9999,
+        loss_type: str = "softmax",
+        gamma: float = 1.0,
+    ) -> None:
+        super().__init__(class_counts)
+        self.beta = checks.real("beta", beta, low=0, high=1, high_open=True, hint=_BETA_HINT)
+        self.loss_type = checks.choice(
+            "loss_type", loss_type, CB_LOSS_TYPES,
+            hint="Cui et al.'s --loss-type; 'softmax' is CE, 'focal' is the sigmoid focal loss",
+        )
+        self.gamma = checks.real(
+            "gamma", gamma, low=0, hint="the focal exponent of loss_type='focal'; 0 is the sigmoid loss"
+        )
+        self.register_buffer("weights", drw_weights(class_counts, self.beta))
+
+    @property
+    def class_weight(self) -> Tensor:
+        return self.weights
+
+    def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.loss_type == "softmax":
+            return F.cross_entropy(logits, targets, reduction="none")
+        one_hot = F.one_hot(targets, self.num_classes).to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, one_hot, reduction="none")
+        if self.loss_type == "focal" and self.gamma != 0.0:
+            # (1 - p_t)^gamma = sigmoid(-s z)^gamma, s = +1 on the true class, -1 elsewhere
+            signed = (2.0 * one_hot - 1.0) * logits
+            bce = torch.exp(self.gamma * F.logsigmoid(-signed)) * bce
+        return bce.sum(dim=1)
+
+
+class ClassBalancedReweightLoss(FocalLoss):
+    """Class-balanced re-weighting as LDAM-DRW's ``Reweight`` rule (Cao et al., NeurIPS 2019).
+
+    L = sum_i w_{y_i} l_i / sum_i w_{y_i} (``F.cross_entropy(weight=...)``),
+    w_k = (1 - beta) / (1 - beta^{n_k}) normalised to sum to C, l_i the CE
+    (``focal_gamma=0``, kaidic/LDAM-DRW ``cifar_train.py`` with
+    ``--train_rule Reweight --loss_type CE``). This is ``ce-drw`` with
+    ``drw_epoch=0``. ``focal_gamma > 0`` uses the softmax focal loss under the
+    same mean (ltkit's own; LDAM-DRW's focal re-weighting is ``focal-drw``).
+    Up to this release this was ltkit's ``cb``.
+    """
+
+    name = "cb-reweight"
     needs_positive_counts = True
 
     def __init__(
         self, class_counts: Counts, beta: float = 0.9999, focal_gamma: float = 0.0
     ) -> None:
-        focal_gamma = _check_nonneg("focal_gamma", focal_gamma, "0 is class-balanced CE")
+        focal_gamma = checks.real("focal_gamma", focal_gamma, low=0, hint="0 is class-balanced CE")
         super().__init__(class_counts, gamma=focal_gamma)
-        self.beta = _check_beta(beta)
+        self.beta = checks.real("beta", beta, low=0, high=1, high_open=True, hint=_BETA_HINT)
         self.focal_gamma = focal_gamma
         self.register_buffer("weights", drw_weights(class_counts, self.beta))
 
@@ -384,10 +513,10 @@ class LDAMLoss(LTLoss):
         self, class_counts: Counts, max_margin: float = 0.5, scale: float = 30.0
     ) -> None:
         super().__init__(class_counts)
-        self.max_margin = _check_nonneg("max_margin", max_margin, "LDAM uses 0.5")
-        if not isinstance(scale, numbers.Real) or not scale > 0:
-            raise ValueError(f"scale must be > 0 (LDAM uses s=30 with a cosine head), got {scale!r}")
-        self.scale = float(scale)
+        self.max_margin = checks.real("max_margin", max_margin, low=0, hint="LDAM uses 0.5")
+        self.scale = checks.real(
+            "scale", scale, low=0, low_open=True, hint="LDAM uses s=30 with a cosine head"
+        )
         self.register_buffer("margins", ldam_margins(class_counts, self.max_margin))
 
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -401,13 +530,20 @@ class LDAMLoss(LTLoss):
 # Deferred re-weighting (DRW)
 # --------------------------------------------------------------------------- #
 class _DRW:
-    """Mixin: class-balanced weights w_k ~ 1/E(n_k) switched on at ``drw_epoch``."""
+    """Mixin: class-balanced weights w_k ~ 1/E(n_k) switched on at ``drw_epoch``.
+
+    Before ``drw_epoch`` LDAM-DRW's code uses beta = 0, i.e. weights that are
+    all exactly 1 after normalisation; ltkit uses no weights (the same values).
+    """
 
     epoch: int
 
     def _setup_drw(self, class_counts: Counts, drw_epoch: int, beta: float) -> None:
-        self.drw_epoch = _check_epoch("drw_epoch", drw_epoch)
-        self.beta = _check_beta(beta)
+        self.drw_epoch = checks.integer(
+            "drw_epoch", drw_epoch, low=0,
+            hint="the epoch the class weights switch on; LDAM-DRW uses 160 of 200, 0 re-weights from the start",
+        )
+        self.beta = checks.real("beta", beta, low=0, high=1, high_open=True, hint=_BETA_HINT)
         self.register_buffer("drw_weight", drw_weights(class_counts, self.beta))
 
     @property
@@ -429,6 +565,40 @@ class CEDRWLoss(_DRW, CELoss):
     def __init__(self, class_counts: Counts, drw_epoch: int = 160, beta: float = 0.9999) -> None:
         super().__init__(class_counts)
         self._setup_drw(class_counts, drw_epoch, beta)
+
+
+class FocalDRWLoss(_DRW, FocalLoss):
+    """Focal loss with deferred re-weighting, as kaidic/LDAM-DRW's ``FocalLoss(weight=...)``.
+
+    The weight enters *inside* the focal term (LDAM-DRW ``losses.py``):
+    c_i = w_{y_i} * CE_i, p_i = exp(-c_i), l_i = (1 - p_i)^gamma * c_i, and the
+    batch value is the mean over the B samples (not over the weights).
+    Plain focal loss while epoch < drw_epoch (their weights are all 1 then);
+    ``drw_epoch=0`` is their ``--train_rule Reweight --loss_type Focal``.
+    Their default ``gamma=1`` is the default here too.
+    """
+
+    name = "focal-drw"
+    needs_positive_counts = True
+    divide_by = "samples"
+
+    def __init__(
+        self,
+        class_counts: Counts,
+        gamma: float = 1.0,
+        drw_epoch: int = 160,
+        beta: float = 0.9999,
+    ) -> None:
+        super().__init__(class_counts, gamma=gamma)
+        self._setup_drw(class_counts, drw_epoch, beta)
+
+    def _per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
+        w = self.class_weight
+        if w is None:
+            return self._loss(logits, targets)
+        weighted_ce = w[targets] * F.cross_entropy(logits, targets, reduction="none")
+        one_minus_p = (-torch.expm1(-weighted_ce)).clamp_min(1e-12)  # as FocalLoss
+        return one_minus_p**self.gamma * weighted_ce
 
 
 class LDAMDRWLoss(_DRW, LDAMLoss):
@@ -467,7 +637,7 @@ class LogitAdjustedLoss(LTLoss):
 
     def __init__(self, class_counts: Counts, tau: float = 1.0) -> None:
         super().__init__(class_counts)
-        self.tau = _check_nonneg("tau", tau, "tau=1 is the standard adjustment")
+        self.tau = checks.real("tau", tau, low=0, hint="tau=1 is the standard adjustment")
         self.register_buffer("log_prior", _log_prior(self.class_counts.double()))
 
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
@@ -498,7 +668,7 @@ class PostHocLogitAdjustedLoss(CELoss):
 
     def __init__(self, class_counts: Counts, tau: float = 1.0) -> None:
         super().__init__(class_counts)
-        self.tau = _check_nonneg("tau", tau, "tau=1 is the standard adjustment")
+        self.tau = checks.real("tau", tau, low=0, hint="tau=1 is the standard adjustment")
         self.register_buffer("log_prior", _log_prior(self.class_counts.double()))
 
     def predict_logits(self, logits: Tensor) -> Tensor:
@@ -516,8 +686,10 @@ _REGISTRY: dict[str, type[LTLoss]] = {
         WeightedCELoss,
         FocalLoss,
         ClassBalancedLoss,
+        ClassBalancedReweightLoss,
         LDAMLoss,
         CEDRWLoss,
+        FocalDRWLoss,
         LDAMDRWLoss,
         BalancedSoftmaxLoss,
         LogitAdjustedLoss,
@@ -525,6 +697,15 @@ _REGISTRY: dict[str, type[LTLoss]] = {
     )
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+# Parameters that moved with a change of meaning: a pointer in the error message.
+_MOVED_PARAMS: dict[tuple[str, str], str] = {
+    ("cb", "focal_gamma"): (
+        "'cb' is now Cui et al.'s class-balanced loss (mean over the samples; "
+        "loss_type='softmax' | 'sigmoid' | 'focal' with gamma); the former 'cb' "
+        "(sum of weights as the divisor, softmax focal_gamma) is 'cb-reweight'"
+    ),
+}
 
 
 def _accepted_params(cls: type[LTLoss]) -> dict[str, Any]:
@@ -541,15 +722,15 @@ def make_loss(name: str, class_counts: Counts, **params: Any) -> LTLoss:
 
     >>> loss = make_loss("focal", [500, 50, 5], gamma=2.0)
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSS_NAMES)}")
+    checks.choice("loss", name, LOSS_NAMES)
     cls = _REGISTRY[name]
     accepted = _accepted_params(cls)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         allowed = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
-        raise ValueError(
+        moved = [_MOVED_PARAMS[(name, p)] for p in unknown if (name, p) in _MOVED_PARAMS]
+        raise InputError(
             f"loss {name!r} got unknown parameter(s) {', '.join(unknown)}; "
-            f"parameters it accepts: {allowed}"
+            f"parameters it accepts: {allowed}" + "".join(f" ({m})" for m in moved)
         )
     return cls(class_counts, **params)
