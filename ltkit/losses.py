@@ -458,6 +458,8 @@ class ClassBalancedLoss(LTLoss):
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self.loss_type == "softmax":
             return F.cross_entropy(logits, targets, reduction="none")
+        if logits.dtype in (torch.float16, torch.bfloat16):  # as autocast runs cross-entropy: in float32
+            logits = logits.float()
         one_hot = F.one_hot(targets, self.num_classes).to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, one_hot, reduction="none")
         if self.loss_type == "focal" and self.gamma != 0.0:

@@ -598,3 +598,13 @@ def test_unweighted_forward_is_bitwise_the_old_batch_mean():
     for n in (1, 7, 64, 128, 1000):
         z, y = torch.randn(n, C), torch.randint(0, C, (n,))
         assert torch.equal(make_loss("ce", COUNTS)(z, y), F.cross_entropy(z, y, reduction="none").mean())
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "focal"])  # softmax: F.cross_entropy, as every CE loss
+def test_cb_on_bfloat16_logits_computes_in_float32(loss_type):
+    y = _targets()
+    z = _logits("random").float()
+    loss = make_loss("cb", COUNTS, loss_type=loss_type)
+    got = loss(z.bfloat16(), y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, loss(z.bfloat16().float(), y), rtol=1e-6, atol=1e-6)
