@@ -315,11 +315,17 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+def _read(path: Path, wait_s: float = 0.0) -> str:
+    """A lock file's text; with ``wait_s``, give a holder that has just taken the lock time to write its JSON."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        if text.strip() or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.02)
 
 
 def _in_use(run_dir: Path, holder: str) -> RunInUseError:
@@ -340,7 +346,7 @@ def _open_lock(run_dir: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise _in_use(run_dir, _holder(_read(lock))) from None
+            raise _in_use(run_dir, _holder(_read(lock, wait_s=1.0))) from None
         except OSError as err:
             os.close(fd)
             raise RunInUseError(f"cannot lock {lock} ({err.strerror}): this file system does not support file "
@@ -457,10 +463,7 @@ def _stored_config(run_dir: Path) -> dict:
     fix = f"retrain it with {_OVERWRITE} or choose another run name"
     if not path.is_file():
         raise RecordError(f"{run_dir} has a checkpoint or result but no config.json: the record is damaged; {fix}.")
-    try:
-        meta = read_json(path)
-    except RecordError as err:
-        raise RecordError(f"{err} ({fix})") from err
+    meta = read_json(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise RecordError(f"{path} is not an ltkit run config (a JSON object with a 'config' object); {fix}.")
     return meta["config"]
@@ -585,11 +588,16 @@ def read_history(run_dir: str | os.PathLike, strict: bool = True) -> list[dict]:
 
 
 def append_history(run_dir: str | os.PathLike, row: dict) -> None:
-    """Append one row (one ``write`` of one line, mode :data:`FILE_MODE`)."""
+    """Append one row (one ``write`` of one line, mode :data:`FILE_MODE`).
+
+    After a line cut by a kill the row starts on a line of its own.
+    """
     path = Path(run_dir) / "history.jsonl"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
-        os.write(fd, (json.dumps(row) + "\n").encode())
+        size = os.fstat(fd).st_size
+        cut = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, (("\n" if cut else "") + json.dumps(row) + "\n").encode())
     finally:
         os.close(fd)
     _chmod(path)
