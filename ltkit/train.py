@@ -65,18 +65,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import zlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import data as ltdata
-from . import losses, metrics, models, runs, sampling
+from . import checks, losses, metrics, models, runs, sampling
 
 
 # =========================================================================== config
@@ -223,16 +225,30 @@ class Batch:
     index: Tensor | None = None  # positions in ctx.train_x (None for synthetic rows)
     y2: Tensor | None = None  # second labels (mixing methods)
     lam: float = 1.0  # weight of y; y2 gets 1 - lam
+    step: int = 0  # the optimiser step within the epoch
+    global_size: int = 0  # images in this step's global batch (all ranks together; 0: unknown)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The parameters of a method that takes none."""
 
 
 class Method:
-    """No-op hooks; see the module docstring.  Subclass and register."""
+    """No-op hooks; see the module docstring.  Subclass and register.
+
+    A method declares its parameters once, as a frozen dataclass ``Params``
+    whose fields carry their valid ranges (:func:`ltkit.checks.param`); the
+    base class checks ``config.method_params`` against it (unknown names,
+    types, ranges: one clear error naming the parameter) and stores the result
+    as ``self.params``.
+    """
 
     name = "none"
+    Params: type = NoParams
 
     def __init__(self, **params: Any) -> None:
-        if params:
-            raise ValueError(f"method {self.name!r} takes no parameters, got {sorted(params)}.")
+        self.params = checks.build_params(self.Params, params, f"method {self.name!r}")
 
     def setup(self, ctx: "Context") -> None: ...
 
@@ -342,6 +358,82 @@ class Context:
             value = batch.lam * value + (1 - batch.lam) * self.loss_fn(logits, batch.y2)
         return value
 
+    # ------------------------------------------------------------------ services for methods
+    def generator(self, *stream: int | str) -> torch.Generator:
+        """A CPU generator for one random stream of this run (:func:`stream_seed`), e.g. ``("cmo-fg", epoch, step)``.
+
+        Key a draw by global positions (epoch, step), not by rank, and take
+        :meth:`local` of the result: then the run is the same on any number of processes.
+        """
+        return torch.Generator().manual_seed(stream_seed(self.config.seed, *stream))
+
+    def rng(self, *stream: int | str) -> np.random.Generator:
+        """A NumPy generator for one random stream of this run (the same recipe as :meth:`generator`)."""
+        return np.random.default_rng(stream_seed(self.config.seed, *stream))
+
+    def local(self, global_items: Tensor) -> Tensor:
+        """This rank's share of a tensor with one row per item of a global batch (as the engine shards batches)."""
+        return local_part(global_items, self.rank, self.world_size)
+
+    def permutation(self, n: int, *stream: int | str) -> Tensor:
+        """A permutation of ``range(n)`` from one random stream (the same on every rank)."""
+        return torch.randperm(n, generator=self.generator(*stream))
+
+    def images(self, positions: Tensor, generator: torch.Generator | None, *, source: Any = None) -> Tensor:
+        """This rank's share of the images at global ``positions``, as float images in [0, 1] on the device.
+
+        ``source``: the training images (default), another ``uint8`` tensor (e.g. a
+        synthetic set) or a map-style data set of files.  Augmented like the
+        engine's batches with draws from ``generator`` for every global position
+        (``None``: not augmented), so the result does not depend on the world size.
+        """
+        source = self.train_x if source is None else source
+        positions = positions.cpu()
+        mine = self.local(torch.arange(len(positions)))
+        if isinstance(source, Tensor):
+            x = to_unit_float(source[positions[mine].to(source.device)].to(self.device))
+            augment = None if generator is None else _augmentation(self, len(positions), generator)
+            if augment is not None:
+                x = apply_augmentation(x, self.config.crop_padding, *(a if a is None else a[mine.to(self.device)]
+                                                                      for a in augment))
+            return x
+        seeds = torch.randint(2**62, (len(positions),), generator=generator) if generator is not None \
+            else torch.zeros(len(positions), dtype=torch.int64)
+        items = SeededItems(source)
+        return torch.stack([items[int(seeds[i]), int(positions[i])][0] for i in mine]).to(self.device)
+
+    @torch.no_grad()
+    def features(self, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+        """Eval-mode features of the un-augmented training images (data-set order) and their labels, on the CPU."""
+        model = self.base_model
+        was_training = model.training
+        model.eval()
+        chunks = []
+        if self.train_x is not None:
+            for start in range(0, len(self.train_x), batch_size):
+                with self.autocast():
+                    chunks.append(model.features(to_unit_float(self.train_x[start:start + batch_size])).float().cpu())
+            labels = self.train_y.cpu()
+        else:
+            dataset = self.data.train
+            dataset.transform = file_transforms(self.config, train=False)
+            keys = [[(0, i) for i in range(start, min(start + batch_size, len(dataset)))]
+                    for start in range(0, len(dataset), batch_size)]
+            for x, _ in _keyed_loader(self, dataset, keys):
+                with self.autocast():
+                    chunks.append(model.features(x.to(self.device)).float().cpu())
+            labels = torch.as_tensor(dataset.targets)
+        model.train(was_training)
+        return torch.cat(chunks), labels
+
+    def file_transform(self, train: bool):
+        """The run's torchvision transform for split-file images (:func:`file_transforms`)."""
+        return file_transforms(self.config, train)
+
+    def progress(self, iterable: Any, total: int, desc: str):
+        """A tqdm bar on rank 0 when the run shows progress (else the iterable itself)."""
+        return progress_bar(iterable, total, desc, self.config.progress and self.rank == 0)
+
 
 # =========================================================================== data on the device
 def to_unit_float(x: Tensor) -> Tensor:
@@ -382,51 +474,81 @@ def apply_augmentation(x: Tensor, padding: int, dy: Tensor, dx: Tensor, flips: T
     return x
 
 
-def _epoch_generator(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) * 7 + stream)
+def stream_seed(seed: int, *stream: int | str) -> int:
+    """The one recipe for every random stream of a run: a 63-bit seed from ``(seed, *stream)``.
+
+    ``stream`` names the purpose and the position, e.g. ``("order", epoch)``,
+    ``("augment", epoch)`` or ``("cmo-box", epoch, step)``; strings are hashed
+    (CRC-32), and NumPy's ``SeedSequence`` mixes the words, so nearby keys give
+    unrelated streams.  The engine and every method draw through it (see
+    :meth:`Context.generator`), so a run is reproducible from its seed alone.
+    """
+    words = [zlib.crc32(part.encode()) if isinstance(part, str) else int(part) for part in (seed, *stream)]
+    if min(words) < 0:
+        raise ValueError(f"random stream keys must be non-negative, got {(seed, *stream)}.")
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def epoch_order(config: TrainConfig, labels: Tensor, counts: list[int], epoch: int, rank: int, world: int) -> Tensor:
-    """This rank's sample positions for one epoch: one global draw, sharded by position."""
+def epoch_order(config: TrainConfig, labels: Tensor, counts: list[int], epoch: int) -> Tensor:
+    """The epoch's global sample order (``N`` positions; the same for any number of processes).
+
+    ``instance``: a permutation; another sampler: ``N`` draws with replacement
+    from its per-sample weights (:func:`ltkit.sampling.make_sampler`).
+    """
     n = len(labels)
+    generator = torch.Generator().manual_seed(stream_seed(config.seed, "order", epoch))
     if config.sampler == "instance":
-        order = torch.randperm(n, generator=_epoch_generator(config.seed, epoch))
-        total = math.ceil(n / world) * world
-        order = torch.cat([order, order[: total - n]])  # pad by wrapping, as DistributedSampler does
-        return order[rank::world]
-    params = dict(config.sampler_params)
+        return torch.randperm(n, generator=generator)
     weights = sampling.make_sampler(labels, counts, config.sampler, epoch=epoch, total_epochs=config.epochs,
-                                    **params).weights
-    sampler = sampling.DistributedWeightedSampler(weights, n, num_replicas=world, rank=rank,
-                                                  seed=config.seed * 1_000_003)
-    sampler.set_epoch(epoch)
-    return sampling.epoch_indices(sampler)
+                                    **config.sampler_params).weights
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def global_batches(n: int, batch_size: int) -> list[slice]:
+    """The epoch's global batches as slices of its order (the last may be short)."""
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def local_part(global_positions: Tensor, rank: int, world: int) -> Tensor:
+    """This rank's share of a global batch: every ``world``-th item from ``rank``.
+
+    A global batch shorter than ``world`` (a tiny last batch) wraps around so
+    that every rank has at least one image.
+    """
+    if len(global_positions) < world:
+        global_positions = global_positions.repeat(math.ceil(world / len(global_positions)))[:world]
+    return global_positions[rank::world]
 
 
 def tensor_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
     """One epoch of this rank's batches from the device-resident tensors.
 
-    The epoch's order and augmentation draws are made once per epoch on the CPU
-    and moved to the device once, so that the GPU never waits on a small copy.
+    The global order and the augmentation of every position are drawn once per
+    epoch (the same on every rank, for any world size) and moved to the device
+    once; each rank takes its share of every global batch (:func:`local_part`).
     """
     config = ctx.config
-    order = epoch_order(config, ctx.train_y.cpu(), ctx.class_counts, epoch, ctx.rank, ctx.world_size)
-    order = order.to(ctx.device)
-    local_batch = config.batch_size // ctx.world_size
-    augment = config.augment != "none"
-    if augment:
-        gen = _epoch_generator(config.seed, epoch, ctx.rank, stream=1)
-        dy, dx, flips = draw_augmentation(len(order), config.crop_padding, config.augment == "crop-flip", gen, ctx.device)
-    for start in range(0, len(order), local_batch):
-        part = slice(start, start + local_batch)
-        idx = order[part]
+    order = epoch_order(config, ctx.train_y.cpu(), ctx.class_counts, epoch).to(ctx.device)
+    augment = _augmentation(ctx, len(order), ctx.generator("augment", epoch))
+    positions = torch.arange(len(order), device=ctx.device)
+    for step, part in enumerate(global_batches(len(order), config.batch_size)):
+        mine = local_part(positions[part], ctx.rank, ctx.world_size)
+        idx = order[mine]
         x = to_unit_float(ctx.train_x[idx])
-        if augment:
-            x = apply_augmentation(x, config.crop_padding, dy[part], dx[part], None if flips is None else flips[part])
-        yield Batch(x=x, y=ctx.train_y[idx], index=idx)
+        if augment is not None:
+            x = apply_augmentation(x, config.crop_padding, *(a if a is None else a[mine] for a in augment))
+        yield Batch(x=x, y=ctx.train_y[idx], index=idx, step=step, global_size=part.stop - part.start)
 
 
-def _file_transforms(config: TrainConfig, train: bool):
+def _augmentation(ctx: Context, n: int, generator: torch.Generator) -> tuple | None:
+    """Crop offsets and flips for ``n`` global positions (``None`` without augmentation)."""
+    if ctx.config.augment == "none":
+        return None
+    return draw_augmentation(n, ctx.config.crop_padding, ctx.config.augment == "crop-flip", generator, ctx.device)
+
+
+def file_transforms(config: TrainConfig, train: bool):
+    """The torchvision v2 pipeline of a split-file data set: random-resized crop + flip, or resize + centre crop."""
     from torchvision.transforms import v2
 
     size = config.image_size
@@ -435,31 +557,47 @@ def _file_transforms(config: TrainConfig, train: bool):
     return v2.Compose([v2.ToImage(), *ops, v2.ToDtype(torch.float32, scale=True)])
 
 
-def _file_loader(ctx: Context, dataset, sampler) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=ctx.config.batch_size // ctx.world_size, sampler=sampler,
-        num_workers=ctx.config.num_workers, pin_memory=ctx.device.type == "cuda",
-        persistent_workers=False, drop_last=False,
-    )
+class SeededItems(torch.utils.data.Dataset):
+    """A data set read by ``(seed, index)`` keys: each item's random transforms are seeded by its key.
+
+    So an image's augmentation depends on the run's seed, the epoch and its global
+    position only: distinct per sample, the same for any number of processes or
+    DataLoader workers, and replayed exactly on resume.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        seed, index = key
+        if torch.utils.data.get_worker_info() is not None:  # a worker process: its global RNG is ours to set
+            torch.manual_seed(seed)
+            return self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
-class _ListSampler(torch.utils.data.Sampler[int]):
-    def __init__(self, order: Tensor):
-        self.order = order
-
-    def __iter__(self):
-        return iter(self.order.tolist())
-
-    def __len__(self):
-        return len(self.order)
+def _keyed_loader(ctx: Context, dataset, batches: list[list[tuple[int, int]]]) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=batches, num_workers=ctx.config.num_workers,
+                                       pin_memory=ctx.device.type == "cuda", persistent_workers=False)
 
 
 def file_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
+    """One epoch of this rank's batches of a split-file data set (DataLoader workers, per-sample seeds)."""
     dataset = ctx.data.train
-    dataset.transform = _file_transforms(ctx.config, train=True)
-    order = epoch_order(ctx.config, torch.tensor(dataset.targets), ctx.class_counts, epoch, ctx.rank, ctx.world_size)
-    for x, y in _file_loader(ctx, dataset, _ListSampler(order)):
-        yield Batch(x=x.to(ctx.device, non_blocking=True), y=y.to(ctx.device, non_blocking=True))
+    dataset.transform = file_transforms(ctx.config, train=True)
+    order = epoch_order(ctx.config, torch.tensor(dataset.targets), ctx.class_counts, epoch)
+    positions = torch.arange(len(order))
+    parts = global_batches(len(order), ctx.config.batch_size)
+    keys = [[(stream_seed(ctx.config.seed, "augment", epoch, int(p)), int(order[p]))
+             for p in local_part(positions[part], ctx.rank, ctx.world_size)] for part in parts]
+    for step, ((x, y), part) in enumerate(zip(_keyed_loader(ctx, dataset, keys), parts)):
+        yield Batch(x=x.to(ctx.device, non_blocking=True), y=y.to(ctx.device, non_blocking=True),
+                    step=step, global_size=part.stop - part.start)
 
 
 # =========================================================================== evaluation
@@ -490,9 +628,11 @@ def _test_batches(ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
             yield to_unit_float(ctx.test_x[start:start + 1024]), ctx.test_y[start:start + 1024]
         return
     dataset = ctx.data.test
-    dataset.transform = _file_transforms(ctx.config, train=False)
-    shard = _ListSampler(torch.arange(ctx.rank, len(dataset), ctx.world_size))
-    for x, y in _file_loader(ctx, dataset, shard):
+    dataset.transform = file_transforms(ctx.config, train=False)
+    mine = list(range(ctx.rank, len(dataset), ctx.world_size))
+    step = ctx.config.batch_size
+    keys = [[(0, i) for i in mine[start:start + step]] for start in range(0, len(mine), step)]
+    for x, y in _keyed_loader(ctx, dataset, keys):
         yield x.to(ctx.device), y.to(ctx.device)
 
 
@@ -554,7 +694,8 @@ def _set_determinism(config: TrainConfig) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
+def progress_bar(iterable: Any, total: int, desc: str, enabled: bool = True):
+    """``tqdm.auto`` over ``iterable`` when ``enabled`` (notebook or terminal bar), else the iterable."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -595,6 +736,16 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     status = _prepare(run_dir, config, rank)
     if status == "finished":
         return runs.load_run(run_dir)
+    try:
+        return _train_run(config, data, run_dir, status, device, rank, world, local_rank)
+    finally:
+        if rank == 0:
+            runs.release_run_dir(run_dir)  # the lock taken by _prepare, also when training failed
+
+
+def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, device: torch.device, rank: int,
+               world: int, local_rank: int) -> dict:
+    """Build everything, train the remaining epochs, evaluate, write the record (the run directory is held)."""
     _set_determinism(config)
     data = load_data(config) if data is None else data
     counts = data.class_counts
@@ -632,7 +783,7 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     started = time.time()
     result = None
     epochs = range(start_epoch, config.epochs)
-    for epoch in _progress(epochs, len(epochs), config.run_name(), config.progress and rank == 0):
+    for epoch in progress_bar(epochs, len(epochs), config.run_name(), config.progress and rank == 0):
         row = _train_epoch(ctx, method, epoch)
         last = epoch == config.epochs - 1
         if last or (epoch + 1) % config.eval_every == 0:

@@ -259,14 +259,16 @@ def test_every_rank_holds_the_same_prototypes_under_ddp(tmp_path, monkeypatch):
     [
         ({"momentum": 1.0}, r"momentum=1.0 must lie in \[0, 1\)"),
         ({"momentum": -0.1}, r"momentum=-0.1 must lie in \[0, 1\)"),
-        ({"max_splits": 0}, "max_splits=0 must be an integer >= 1"),
-        ({"n_ref": "biggest"}, "n_ref='biggest': use 'median', 'min', 'mean' or a class size > 0"),
-        ({"n_ref": 0}, "n_ref=0: use"),
-        ({"mapping": "sum"}, "mapping='sum': use one of auto, logsumexp, prob-sum, logmeanexp"),
-        ({"sub_loss": "xent"}, "sub_loss='xent': use 'same'"),
-        ({"start_epoch": -1}, "start_epoch=-1 must be an integer >= 0"),
+        ({"max_splits": 0}, "max_splits=0 must be >= 1"),
+        ({"max_splits": 2.0}, "max_splits expects int, got float 2.0"),
+        ({"n_ref": "biggest"}, "unknown n_ref 'biggest'; choose one of: median, min, mean"),
+        ({"n_ref": 0}, r"n_ref=0 must be > 0 \('median', 'min', 'mean' or a class size > 0\)"),
+        ({"mapping": "sum"}, "mapping 'sum'; choose one of: auto, logsumexp, prob-sum, logmeanexp"),
+        ({"sub_loss": "xent"}, "sub_loss 'xent'; choose one of: same, "),
+        ({"start_epoch": -1}, "start_epoch=-1 must be >= 0"),
         ({"sub_weight": 1.5}, r"sub_weight=1.5 must lie in \[0, 1\]"),
-        ({"cap": 3}, r"unknown parameter\(s\) \['cap'\]; it accepts n_ref, max_splits"),
+        ({"normalize": 1}, r"normalize expects bool, got int"),
+        ({"cap": 3}, r"unknown parameter\(s\) \['cap'\]; valid: n_ref, max_splits"),
     ],
 )
 def test_bad_parameters_get_clear_errors(params, message):
@@ -275,7 +277,7 @@ def test_bad_parameters_get_clear_errors(params, message):
 
 
 def test_bad_configurations_get_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="max_splits=0 must be an integer >= 1"):
+    with pytest.raises(ValueError, match="max_splits=0 must be >= 1"):
         cws.subclass_counts(DIGITS, max_splits=0)
     with pytest.raises(ValueError, match="start_epoch=4 >= epochs=4: the split would never start"):
         train.fit("digits-lt", method="cws", epochs=4, method_params={"start_epoch": 4}, out_dir=str(tmp_path),

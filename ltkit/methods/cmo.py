@@ -95,24 +95,28 @@ uniform draw with replacement over the training images (class frequency
 
 Randomness, DDP and resume
 --------------------------
-The coin, ``λ_0`` and the box centre come from a generator seeded with
-``(seed, epoch, step)``: the *same* box on every rank, as in one process.  The
-weighted streams use :class:`ltkit.sampling.DistributedWeightedSampler`: each
-pass is one global draw of ``N`` positions (seeded by ``(seed, epoch, stream,
-pass)``), sharded by position across ranks, restarted when exhausted.  As the
-engine shards the background the same way, rank ``r``'s ``i``-th background
-is paired with the foreground at the same global position as in a single
-process: with ``augment="none"`` and a model without batch norm, 2-process DDP
-trains the same weights as one process.  The streams restart at every epoch,
-so a run resumed from a checkpoint replays exactly (no method state to save).
-Foreground augmentation (the engine's crop / flip) uses a per-rank stream
-seeded with ``(seed, epoch, rank)``.
+Every draw comes from the run's random streams (:meth:`ltkit.train.Context.generator`)
+keyed by global positions: the coin, ``λ_0`` and the box centre by ``(epoch,
+step)`` — the *same* box on every rank, as in one process; the weighted stream's
+draw for the whole global batch by ``(epoch, step)``, of which each rank keeps
+its share exactly as the engine shards the background batch, and its
+augmentation likewise.  So rank ``r``'s ``i``-th background is paired with the
+foreground at the same global position as in a single process, for any number
+of processes, and a resumed run replays exactly (no method state to save).
+
+**Departure from naver-ai/cmo** (``train.py``, the weighted sampler's iterator):
+the reference takes consecutive positions of a weighted pass of ``N`` draws
+with replacement and restarts the pass when it is exhausted; ltkit draws each
+batch's foregrounds with replacement from the same weights.  Both are i.i.d.
+draws from ``Q``: the same distribution, and independent of the world size.
+Plain CutMix permutes each rank's own batch, as the reference does per GPU: the
+one draw here that depends on the number of processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -120,7 +124,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import sampling, train
+from .. import checks, sampling, train
+from ..checks import param
 
 __all__ = [
     "WEIGHTINGS",
@@ -134,7 +139,6 @@ __all__ = [
     "foreground_class_probabilities",
     "off_epochs",
     "is_active",
-    "IndexStream",
     "CutMix",
     "CMO",
     "CMOMinor",
@@ -146,7 +150,6 @@ WEIGHTINGS: tuple[str, ...] = ("q-sample", "q-class", "effective-number", "effec
 #: The paper's schedule: CMO off in the first 4 (``epoch <= 3``) and the last 3 of 200 epochs.
 PAPER_EPOCHS, PAPER_OFF_FIRST, PAPER_OFF_LAST = 200, 4, 3
 BG_SCOPES: tuple[str, ...] = ("all", "mixed")
-_STREAM_IDS = {"foreground": 1, "background": 2, "original": 3}
 
 
 # =========================================================================== box geometry
@@ -210,10 +213,7 @@ def soft_targets(y_background: Tensor, y_foreground: Tensor, lam: float, num_cla
 
 # =========================================================================== the foreground distribution
 def _check_weighting(weighting: str) -> str:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of: {', '.join(WEIGHTINGS)} "
-                         "('q-sample' is the reference code's: class-balanced at r = 1).")
-    return weighting
+    return checks.choice("weighting", weighting, WEIGHTINGS, "'q-sample' is the reference code's: class-balanced at r = 1")
 
 
 def foreground_class_probabilities(class_counts: Sequence[int], weighting: str = "q-sample", r: float = 1.0,
@@ -260,67 +260,31 @@ def is_active(epoch: int, epochs: int, off_first: int | None = None, off_last: i
     return first <= epoch < epochs - last
 
 
-# =========================================================================== streams
-class IndexStream:
-    """An endless stream of training-set positions, drawn with replacement from ``weights``, sharded over ranks.
-
-    Pass ``j`` is one :class:`ltkit.sampling.DistributedWeightedSampler` epoch
-    (a global draw of ``N`` positions seeded with ``seed + j``, this rank's
-    shard ``rank::world_size``); :meth:`take` starts the next pass when the
-    current one is exhausted, as the reference code restarts its iterator.
-    """
-
-    def __init__(self, weights: Tensor, num_samples: int, *, world_size: int = 1, rank: int = 0, seed: int = 0):
-        self.sampler = sampling.DistributedWeightedSampler(weights, num_samples, num_replicas=world_size,
-                                                           rank=rank, seed=seed)
-        self.passes = 0
-        self._buffer = torch.empty(0, dtype=torch.int64)
-
-    def take(self, n: int) -> Tensor:
-        """The next ``n`` positions (int64)."""
-        while len(self._buffer) < n:
-            self.sampler.set_epoch(self.passes)
-            self.passes += 1
-            self._buffer = torch.cat([self._buffer, sampling.epoch_indices(self.sampler)])
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-
-def _seed(*parts: int) -> int:
-    """A 31-bit seed from integers (NumPy's SeedSequence mixes them)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
-
-
 # =========================================================================== parameters
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}.")
-    return float(value)
+@dataclass(frozen=True)
+class CutMixParams:
+    """CutMix's (and CMO's) mixing: ``λ_0 ~ Beta(α, α)``, a batch mixed with probability ``prob``."""
+
+    alpha: float = param(1.0, low=0, low_open=True, hint="λ ~ Beta(α, α); the paper uses α = 1, uniform λ")
+    prob: float = param(0.5, low=0, high=1, hint="the probability that a batch is mixed; the paper uses 0.5")
+    off_first: int | None = param(None, low=0, hint="epochs off at the start; None scales the paper's 4 of 200")
+    off_last: int | None = param(None, low=0, hint="epochs off at the end; None scales the paper's 3 of 200")
 
 
-def _validate(method: str, params: dict, defaults: dict) -> dict:
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(f"method {method!r} got unknown parameter(s) {unknown}; valid: {', '.join(defaults)}.")
-    p = {**defaults, **params}
-    if _real("alpha", p["alpha"]) <= 0:
-        raise ValueError(f"alpha={p['alpha']} must be > 0: λ ~ Beta(α, α) (the paper uses α = 1, uniform λ).")
-    if not 0.0 <= _real("prob", p["prob"]) <= 1.0:
-        raise ValueError(f"prob={p['prob']} must lie in [0, 1]: the probability that a batch is mixed (paper: 0.5).")
-    for key in ("off_first", "off_last"):
-        v = p[key]
-        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0):
-            raise ValueError(f"{key}={v!r} must be None (the paper's schedule, scaled) or an integer >= 0 (epochs).")
-    if "r" in p and _real("r", p["r"]) < 0:
-        raise ValueError(f"r={p['r']} must be >= 0: q(r, k) with r = 0 (no re-weighting), 1/2, 1 (default) or 2.")
-    if "beta" in p and not 0.0 <= _real("beta", p["beta"]) < 1.0:
-        raise ValueError(f"beta={p['beta']} must lie in [0, 1) (effective number; Cui et al. use 0.999 or 0.9999).")
-    if "weighting" in p:
-        _check_weighting(p["weighting"])
-    if "bg_scope" in p and p["bg_scope"] not in BG_SCOPES:
-        raise ValueError(f"bg_scope={p['bg_scope']!r}: choose 'all' (every batch of an on epoch draws its "
-                         "background from Q) or 'mixed' (only the mixed batches).")
-    return p
+@dataclass(frozen=True)
+class CMOParams(CutMixParams):
+    """CMO: the mixing above, with foregrounds from ``Q`` (:func:`foreground_weights`)."""
+
+    weighting: str = param("q-sample", choices=WEIGHTINGS, hint="'q-sample' is the reference code's")
+    r: float = param(1.0, low=0, hint="q(r, k): 0 no re-weighting, 1/2 square root, 1 class-balanced (default)")
+    beta: float = param(0.999, low=0, high=1, high_open=True, hint="effective number; Cui et al. use 0.999, 0.9999")
+
+
+@dataclass(frozen=True)
+class CMOVariantParams(CMOParams):
+    """CMO_minor / CMO_back: also which batches draw their background from ``Q``."""
+
+    bg_scope: str = param("all", choices=BG_SCOPES, hint="'all': every batch of an on epoch; 'mixed': mixed ones")
 
 
 # =========================================================================== methods
@@ -328,19 +292,18 @@ def _validate(method: str, params: dict, defaults: dict) -> dict:
 class CutMix(train.Method):
     """Plain CutMix within the batch (Yun et al., ICCV 2019), with CMO's box, λ, ``prob`` and off epochs.
 
-    Parameters (``config.method_params``): ``alpha=1.0``, ``prob=0.5``, ``off_first=None``, ``off_last=None``.
+    Parameters (``config.method_params``): :class:`CutMixParams`.
     """
 
     name = "cutmix"
-    defaults: dict[str, Any] = dict(alpha=1.0, prob=0.5, off_first=None, off_last=None)
+    Params = CutMixParams
     background_weighted = False  # background drawn from Q
     foreground_source = "batch"  # "batch" (CutMix), "weighted" (CMO), "original"
 
     def __init__(self, **params: Any) -> None:
-        self.params = _validate(self.name, params, self.defaults)
+        super().__init__(**params)
         self.active = False
-        self.mixed_batches = 0  # this epoch, on this rank (for inspection)
-        self._step = 0
+        self.mixed_batches = 0  # this epoch (for inspection)
 
     # -- hooks ------------------------------------------------------------------------------------
     def setup(self, ctx: train.Context) -> None:
@@ -348,86 +311,68 @@ class CutMix(train.Method):
             raise ValueError(f"method {self.name!r} works on tensor data sets held on the device (digits-lt, "
                              f"context-digits-lt, CIFAR-LT); {ctx.config.dataset!r} is read from files.")
         epochs = ctx.config.epochs
-        self.off_first, self.off_last = off_epochs(epochs, self.params["off_first"], self.params["off_last"])
+        self.off_first, self.off_last = off_epochs(epochs, self.params.off_first, self.params.off_last)
         if self.off_first + self.off_last >= epochs:
             raise ValueError(f"method {self.name!r} would never be on: off_first={self.off_first} + "
                              f"off_last={self.off_last} >= epochs={epochs}. Lower them (0 is allowed).")
-        needs_q = self.background_weighted or self.foreground_source == "weighted"
-        self.weights = self._weights(ctx) if needs_q else None
+        n = len(ctx.train_y)
+        weights = self._weights(ctx) if self.background_weighted or self.foreground_source == "weighted" else None
+        self.weights = {"weighted": weights, "original": torch.ones(n, dtype=torch.float64)}
 
     def epoch_start(self, ctx: train.Context, epoch: int) -> None:
         self.active = self.off_first <= epoch < ctx.config.epochs - self.off_last
-        self._step, self.mixed_batches, self._epoch = 0, 0, epoch
-        if not self.active:
-            return
-        seed = ctx.config.seed
-        self._augment_gen = torch.Generator().manual_seed(_seed(seed, epoch, ctx.rank, 0xA06))
-        n = len(ctx.train_y)
-        weights = {"foreground": self.weights, "background": self.weights,
-                   "original": torch.ones(n, dtype=torch.float64)}
-        self._streams = {
-            name: IndexStream(weights[name], n, world_size=ctx.world_size, rank=ctx.rank,
-                              seed=_seed(seed, epoch, _STREAM_IDS[name]) * 1024)  # passes add 0, 1, 2, ...
-            for name in self._stream_names()
-        }
-
-    def _stream_names(self) -> list[str]:
-        names = ["background"] if self.background_weighted else []
-        if self.foreground_source != "batch":
-            names.append("foreground" if self.foreground_source == "weighted" else "original")
-        return names
+        self.mixed_batches = 0
 
     def batch(self, ctx: train.Context, batch: train.Batch) -> train.Batch:
         if not self.active:
             return batch
-        step, self._step = self._step, self._step + 1
-        rng = np.random.default_rng([ctx.config.seed, self._epoch, step, 0xC30])  # identical on every rank
-        mix = bool(rng.random() < self.params["prob"])
-        if self.background_weighted and (mix or self.params.get("bg_scope", "all") == "all"):
-            batch = self._draw(ctx, "background", len(batch.y))
-        fg_x, fg_y = self._foreground(ctx, batch, step)
+        rng = ctx.rng("cmo-mix", ctx.epoch, batch.step)  # the coin, λ and the box: the same on every rank
+        mix = bool(rng.random() < self.params.prob)
+        if self.background_weighted and (mix or self.params.bg_scope == "all"):
+            batch = self._draw(ctx, batch, "background", "weighted")
+        fg_x, fg_y = self._foreground(ctx, batch)
         if not mix:
             return batch
         _, _, height, width = batch.x.shape
-        box, lam, _ = sample_box(height, width, self.params["alpha"], rng)
+        box, lam, _ = sample_box(height, width, self.params.alpha, rng)
         self.mixed_batches += 1
-        return train.Batch(x=paste(batch.x, fg_x, box), y=batch.y, index=batch.index, y2=fg_y, lam=lam)
+        return dataclasses.replace(batch, x=paste(batch.x, fg_x, box), y2=fg_y, lam=lam)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _weights(self, ctx: train.Context) -> Tensor:
-        return foreground_weights(ctx.train_y.cpu(), None, self.params.get("weighting", "q-sample"),
-                                  self.params.get("r", 1.0), self.params.get("beta", 0.999))
+        p = self.params
+        return foreground_weights(ctx.train_y.cpu(), None, p.weighting, p.r, p.beta)
 
-    def _foreground(self, ctx: train.Context, batch: train.Batch, step: int) -> tuple[Tensor, Tensor]:
-        if self.foreground_source == "batch":  # a permutation of this rank's batch
-            order = torch.from_numpy(np.random.default_rng([ctx.config.seed, self._epoch, step, ctx.rank, 0xC47])
-                                     .permutation(len(batch.y))).to(batch.x.device)
+    def _foreground(self, ctx: train.Context, batch: train.Batch) -> tuple[Tensor, Tensor]:
+        if self.foreground_source == "batch":  # a permutation of this rank's batch (the reference, per GPU)
+            order = torch.randperm(len(batch.y), generator=ctx.generator("cutmix-order", ctx.epoch, batch.step,
+                                                                         ctx.rank)).to(batch.x.device)
             return batch.x[order], batch.y[order]
-        drawn = self._draw(ctx, "foreground" if self.foreground_source == "weighted" else "original", len(batch.y))
+        drawn = self._draw(ctx, batch, "foreground", self.foreground_source)
         return drawn.x, drawn.y
 
-    def _draw(self, ctx: train.Context, stream: str, n: int) -> train.Batch:
-        """``n`` images from a stream, gathered on the device and augmented like the engine's batches."""
-        idx = self._streams[stream].take(n).to(ctx.device)
-        x = train.to_unit_float(ctx.train_x[idx])
-        if ctx.config.augment != "none":
-            x = train.augment_batch(x, ctx.config.crop_padding, ctx.config.augment == "crop-flip", self._augment_gen)
-        return train.Batch(x=x, y=ctx.train_y[idx], index=idx)
+    def _draw(self, ctx: train.Context, batch: train.Batch, role: str, weighting: str) -> train.Batch:
+        """A batch-sized draw with replacement from a stream, augmented like the engine's batches.
 
-
-_CMO_DEFAULTS = dict(CutMix.defaults, weighting="q-sample", r=1.0, beta=0.999)
+        One draw for the whole global batch, keyed by ``(epoch, step)``; this rank keeps its share.
+        """
+        stream = ("cmo", role, ctx.epoch, batch.step)
+        positions = torch.multinomial(self.weights[weighting], batch.global_size or len(batch.y), replacement=True,
+                                      generator=ctx.generator(*stream, "draw"))
+        idx = ctx.local(positions).to(ctx.device)
+        x = ctx.images(positions, ctx.generator(*stream, "augment"))
+        return dataclasses.replace(batch, x=x, y=ctx.train_y[idx], index=idx)
 
 
 @train.register_method
 class CMO(CutMix):
     """CMO (Park et al., CVPR 2022): background from the ordinary loader, foreground from ``Q``.
 
-    Parameters: ``alpha=1.0``, ``prob=0.5``, ``off_first=None``, ``off_last=None``,
-    ``weighting="q-sample"`` (one of :data:`WEIGHTINGS`), ``r=1.0``, ``beta=0.999``.
+    Parameters: :class:`CMOParams`.
     """
 
     name = "cmo"
-    defaults = _CMO_DEFAULTS
+    Params = CMOParams
     foreground_source = "weighted"
 
 
@@ -436,7 +381,7 @@ class CMOMinor(CMO):
     """CMO_minor (paper, Table 11): background *and* foreground from ``Q`` (+ ``bg_scope="all"``)."""
 
     name = "cmo-minor"
-    defaults = dict(_CMO_DEFAULTS, bg_scope="all")
+    Params = CMOVariantParams
     background_weighted = True
 
 
@@ -445,6 +390,6 @@ class CMOBack(CMO):
     """CMO_back (paper, Table 11): background from ``Q``, foreground from the original distribution."""
 
     name = "cmo-back"
-    defaults = dict(_CMO_DEFAULTS, bg_scope="all")
+    Params = CMOVariantParams
     background_weighted = True
     foreground_source = "original"

@@ -101,7 +101,7 @@ resumed run continues exactly.  Usage::
 from __future__ import annotations
 
 import math
-import numbers
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any, Sequence
@@ -111,7 +111,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import losses, models, train
+from .. import checks, losses, models, train
+from ..checks import param
 
 __all__ = [
     "MAPPINGS",
@@ -127,7 +128,6 @@ __all__ = [
     "split_sizes",
     "subclass_counts",
     "training_assignments",
-    "training_features",
 ]
 
 MAPPINGS = ("auto", "logsumexp", "prob-sum", "logmeanexp")
@@ -138,18 +138,12 @@ _BALANCED_SUB_LOSSES = ("bs", "la")  # losses whose logits estimate log p(x|j): 
 def _reference_size(counts: Sequence[float], n_ref: str | float) -> float:
     if isinstance(n_ref, str):
         rules = {"median": median, "min": min, "mean": lambda c: sum(c) / len(c)}
-        if n_ref not in rules:
-            raise ValueError(f"n_ref={n_ref!r}: use 'median', 'min', 'mean' or a class size > 0.")
-        return float(rules[n_ref](counts))
-    if isinstance(n_ref, bool) or not isinstance(n_ref, numbers.Real) or not n_ref > 0:
-        raise ValueError(f"n_ref={n_ref!r}: use 'median', 'min', 'mean' or a class size > 0.")
-    return float(n_ref)
+        return float(rules[checks.choice("n_ref", n_ref, rules, "or a class size > 0")](counts))
+    return checks.real("n_ref", n_ref, low=0, low_open=True, hint="'median', 'min', 'mean' or a class size > 0")
 
 
 def _check_cap(max_splits: Any) -> int:
-    if isinstance(max_splits, bool) or not isinstance(max_splits, numbers.Integral) or max_splits < 1:
-        raise ValueError(f"max_splits={max_splits!r} must be an integer >= 1 (1 = no class is split).")
-    return int(max_splits)
+    return checks.integer("max_splits", max_splits, low=1, hint="1 = no class is split")
 
 
 def subclass_counts(class_counts: Sequence[int], n_ref: str | float = "median", max_splits: int = 4) -> list[int]:
@@ -246,7 +240,10 @@ def kmeans(x: Tensor, k: int, iters: int = 50, generator: torch.Generator | None
 
 def classwise_kmeans(features: Tensor, labels: Tensor, sub_counts: Sequence[int], iters: int = 50,
                      seed: int = 0) -> tuple[Tensor, Tensor]:
-    """k-means within every class: prototypes ``(S, D)`` and each sample's global sub-class index."""
+    """k-means within every class: prototypes ``(S, D)`` and each sample's global sub-class index.
+
+    Class ``c``'s k-means++ seeding draws from the random stream ``(seed, "kmeans", c)``.
+    """
     features, labels = features.detach().float().cpu(), labels.cpu()
     offsets = [0, *torch.tensor(sub_counts).cumsum(0).tolist()]
     prototypes = torch.zeros(offsets[-1], features.shape[1])
@@ -255,7 +252,7 @@ def classwise_kmeans(features: Tensor, labels: Tensor, sub_counts: Sequence[int]
         rows = (labels == c).nonzero().flatten()
         if len(rows) == 0:
             raise ValueError(f"class {c} has no training image: k-means cannot place its prototypes.")
-        centres, local = kmeans(features[rows], k, iters, torch.Generator().manual_seed(seed * 1_000_003 + c))
+        centres, local = kmeans(features[rows], k, iters, torch.Generator().manual_seed(train.stream_seed(seed, "kmeans", c)))
         prototypes[offsets[c]:offsets[c + 1]] = centres
         assigned[rows] = offsets[c] + local
     return prototypes, assigned
@@ -335,43 +332,38 @@ class SplitModel(nn.Module):
 
 
 # =========================================================================== the method
+@dataclass(frozen=True)
+class CWSParams:
+    """CWS's parameters (``config.method_params``); see the module docstring for each."""
+
+    n_ref: str | float = param("median", hint="the reference class size: 'median', 'min', 'mean' or a size > 0")
+    max_splits: int = param(4, low=1, hint="1 = no class is split")
+    momentum: float = param(0.9, low=0, high=1, high_open=True, hint="0.9-0.99 is typical; 0 = batch means")
+    start_epoch: int | None = param(None, low=0, hint="None: 10 % of the epochs")
+    mapping: str = param("auto", choices=MAPPINGS)
+    sub_loss: str = param("same", hint="'same' (the run's loss) or a loss name")
+    sub_weight: float = param(0.5, low=0, high=1, hint="loss = (1 - w) class loss + w sub-class loss")
+    normalize: bool = True
+    kmeans_iters: int = param(50, low=1)
+    dump_dir: str | None = None
+
+    def check(self) -> None:
+        _reference_size([1.0], self.n_ref)
+        if self.sub_loss != "same":
+            checks.choice("method 'cws': sub_loss", self.sub_loss, ("same", *losses.LOSS_NAMES))
+
+
 @train.register_method
 class ClasswiseSplitting(train.Method):
     """CWS (see the module docstring): ``method="cws"``, parameters in ``method_params``."""
 
     name = "cws"
+    Params = CWSParams
     dynamic = True
 
-    def __init__(self, n_ref: str | float = "median", max_splits: int = 4, momentum: float = 0.9,
-                 start_epoch: int | None = None, mapping: str = "auto", sub_loss: str = "same",
-                 sub_weight: float = 0.5, normalize: bool = True, kmeans_iters: int = 50,
-                 dump_dir: str | None = None, **unknown: Any) -> None:
-        if unknown:
-            raise ValueError(f"method {self.name!r} got unknown parameter(s) {sorted(unknown)}; it accepts n_ref, "
-                             "max_splits, momentum, start_epoch, mapping, sub_loss, sub_weight, normalize, "
-                             "kmeans_iters, dump_dir.")
-        _reference_size([1.0], n_ref)
-        self.n_ref, self.max_splits = n_ref, _check_cap(max_splits)
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum={momentum!r} must lie in [0, 1) (0.9-0.99 is typical; 0 = batch means).")
-        if start_epoch is not None and (isinstance(start_epoch, bool) or not isinstance(start_epoch, int)
-                                        or start_epoch < 0):
-            raise ValueError(f"start_epoch={start_epoch!r} must be an integer >= 0 or None (10 % of the epochs).")
-        if mapping not in MAPPINGS:
-            raise ValueError(f"mapping={mapping!r}: use one of {', '.join(MAPPINGS)}.")
-        if sub_loss != "same" and sub_loss not in losses.LOSS_NAMES:
-            raise ValueError(f"sub_loss={sub_loss!r}: use 'same' (the run's loss) or one of "
-                             f"{', '.join(losses.LOSS_NAMES)}.")
-        if isinstance(sub_weight, bool) or not isinstance(sub_weight, numbers.Real) or not 0 <= sub_weight <= 1:
-            raise ValueError(f"sub_weight={sub_weight!r} must lie in [0, 1]: the loss is "
-                             "(1 - sub_weight) * class loss + sub_weight * sub-class loss.")
-        if not isinstance(normalize, bool):
-            raise TypeError(f"normalize={normalize!r} must be True or False.")
-        if isinstance(kmeans_iters, bool) or not isinstance(kmeans_iters, int) or kmeans_iters < 1:
-            raise ValueError(f"kmeans_iters={kmeans_iters!r} must be an integer >= 1.")
-        self.momentum, self.start_epoch, self.mapping = float(momentum), start_epoch, mapping
-        self.sub_loss_name, self.sub_weight, self.normalize = sub_loss, float(sub_weight), normalize
-        self.kmeans_iters, self.dump_dir = kmeans_iters, dump_dir
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.start_epoch = self.params.start_epoch
         self.sub_loss_fn: losses.LTLoss | None = None
 
     # ------------------------------------------------------------------ setup
@@ -386,7 +378,7 @@ class ClasswiseSplitting(train.Method):
         if not self.dynamic and ctx.train_x is None:
             raise ValueError("static-split keeps one sub-label per training image and needs a tensor data set "
                              "(digits-lt, CIFAR-LT); use method='cws' for split-file data sets.")
-        sub_counts = subclass_counts(ctx.class_counts, self.n_ref, self.max_splits)
+        sub_counts = subclass_counts(ctx.class_counts, self.params.n_ref, self.params.max_splits)
         self.sub_loss_fn = self._make_sub_loss(config, ctx.class_counts, sub_counts).to(ctx.device)
         cosine = isinstance(model.head, models.CosineLinear)
         if cosine != ctx.loss_fn.needs_cosine_head:
@@ -400,8 +392,8 @@ class ClasswiseSplitting(train.Method):
 
     def _make_sub_loss(self, config: train.TrainConfig, counts: Sequence[int],
                        sub_counts: Sequence[int]) -> losses.LTLoss:
-        name = config.loss if self.sub_loss_name == "same" else self.sub_loss_name
-        params = dict(config.loss_params) if self.sub_loss_name == "same" else {}
+        name = config.loss if self.params.sub_loss == "same" else self.params.sub_loss
+        params = dict(config.loss_params) if self.params.sub_loss == "same" else {}
         try:
             loss = losses.make_loss(name, split_sizes(counts, sub_counts), **params)
         except ValueError as err:
@@ -411,9 +403,9 @@ class ClasswiseSplitting(train.Method):
         return loss
 
     def _resolve_mapping(self, config: train.TrainConfig) -> str:
-        if self.mapping != "auto":
-            return self.mapping
-        name = config.loss if self.sub_loss_name == "same" else self.sub_loss_name
+        if self.params.mapping != "auto":
+            return self.params.mapping
+        name = config.loss if self.params.sub_loss == "same" else self.params.sub_loss
         return "logmeanexp" if name in _BALANCED_SUB_LOSSES else "logsumexp"
 
     # ------------------------------------------------------------------ epochs
@@ -427,9 +419,9 @@ class ClasswiseSplitting(train.Method):
     def _initialise(self, ctx: train.Context, head: SplitHead) -> None:
         """k-means within every class on rank 0, broadcast to all ranks."""
         if ctx.rank == 0:
-            features, labels = training_features(ctx)
+            features, labels = ctx.features()
             prototypes, assigned = classwise_kmeans(self.prototype_space(features), labels, head.sub_counts,
-                                                    self.kmeans_iters, seed=ctx.config.seed)
+                                                    self.params.kmeans_iters, seed=ctx.config.seed)
             head.prototypes.copy_(prototypes)
             if head.static_labels.numel():
                 head.static_labels.copy_(assigned)
@@ -440,8 +432,8 @@ class ClasswiseSplitting(train.Method):
         head.initialised.fill_(True)
 
     def epoch_end(self, ctx: train.Context, epoch: int) -> None:
-        if self.dump_dir is not None:
-            path = Path(self.dump_dir) / f"prototypes-rank{ctx.rank}.pt"
+        if self.params.dump_dir is not None:
+            path = Path(self.params.dump_dir) / f"prototypes-rank{ctx.rank}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(dict(epoch=epoch, prototypes=ctx.base_model.head.prototypes.cpu().clone()), path)
 
@@ -449,13 +441,13 @@ class ClasswiseSplitting(train.Method):
     def prototype_space(self, features: Tensor) -> Tensor:
         """Detached float features, L2-normalised when ``normalize`` (the space prototypes live in)."""
         features = features.detach().float()
-        return F.normalize(features, dim=1) if self.normalize else features
+        return F.normalize(features, dim=1) if self.params.normalize else features
 
     def loss(self, ctx: train.Context, batch: train.Batch) -> Tensor:
         logits, sub_logits, features = ctx.model(batch.x, parts=True)
         value = ctx.mixed_loss(logits, batch)
         head = ctx.base_model.head
-        if ctx.epoch < self.start_epoch or self.sub_weight == 0:
+        if ctx.epoch < self.start_epoch or self.params.sub_weight == 0:
             return value
         sub_y = self.sub_labels(head, self.prototype_space(features), batch.y, batch.index)
         sub_value = self.sub_loss_fn(sub_logits.float(), sub_y)
@@ -464,8 +456,8 @@ class ClasswiseSplitting(train.Method):
             sub_value = batch.lam * sub_value + (1 - batch.lam) * self.sub_loss_fn(sub_logits.float(), sub_y2)
         elif self.dynamic:  # prototypes move with un-mixed batches only
             with torch.no_grad():
-                head.prototypes.copy_(ema_update(head.prototypes, self.prototype_space(features), sub_y, self.momentum))
-        return (1 - self.sub_weight) * value + self.sub_weight * sub_value
+                head.prototypes.copy_(ema_update(head.prototypes, self.prototype_space(features), sub_y, self.params.momentum))
+        return (1 - self.params.sub_weight) * value + self.params.sub_weight * sub_value
 
     def sub_labels(self, head: SplitHead, features: Tensor, labels: Tensor, index: Tensor | None) -> Tensor:
         """Dynamic: nearest own-class prototype now.  Static: the image's k-means label."""
@@ -482,32 +474,6 @@ class StaticSplit(ClasswiseSplitting):
     dynamic = False
 
 
-# =========================================================================== features of the training set
-@torch.no_grad()
-def training_features(ctx: train.Context, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """Eval-mode features of the un-augmented training images (in data-set order) and their labels."""
-    model = ctx.base_model
-    was_training = model.training
-    model.eval()
-    chunks = []
-    if ctx.train_x is not None:
-        for start in range(0, len(ctx.train_x), batch_size):
-            x = train.to_unit_float(ctx.train_x[start:start + batch_size])
-            with ctx.autocast():
-                chunks.append(model.features(x).float().cpu())
-        labels = ctx.train_y.cpu()
-    else:
-        dataset = ctx.data.train
-        dataset.transform = train._file_transforms(ctx.config, train=False)
-        order = train._ListSampler(torch.arange(len(dataset)))
-        for x, _ in train._file_loader(ctx, dataset, order):
-            with ctx.autocast():
-                chunks.append(model.features(x.to(ctx.device)).float().cpu())
-        labels = torch.as_tensor(dataset.targets)
-    model.train(was_training)
-    return torch.cat(chunks), labels
-
-
 def training_assignments(run_dir: str | Path, data: Any = None) -> dict[str, Tensor]:
     """Rebuild a finished CWS / static-split run from its folder and split its training images.
 
@@ -521,7 +487,7 @@ def training_assignments(run_dir: str | Path, data: Any = None) -> dict[str, Ten
     method, ctx = trained.method, trained.context
     if not isinstance(method, ClasswiseSplitting):
         raise ValueError(f"{run_dir} was trained with method {trained.config.method!r}, not a classwise split.")
-    features, labels = training_features(ctx)
+    features, labels = ctx.features()
     features, head = method.prototype_space(features), ctx.model.head
     sub_labels = (head.static_labels.clone() if head.static_labels.numel()
                   else pseudo_labels(features, labels, head.prototypes, head.sub_to_class))
