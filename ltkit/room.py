@@ -606,6 +606,29 @@ def tree_size(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+_LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def expand_platform(platform: str) -> list[str]:
+    """The wheel platforms a machine of ``platform`` runs: ``manylinux_2_28_x86_64`` runs every older manylinux.
+
+    ``pip download --platform`` takes one tag literally (pip 23 expands only
+    the legacy ``manylinux2014`` / ``manylinux2010`` names and macOS), so the
+    newer manylinux glibc levels are spelled out: 2_28 down to 2_5 with their
+    legacy aliases.  Other platforms are returned as they are.
+    """
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if not match:
+        return [platform]
+    glibc, arch = int(match.group(1)), match.group(2)
+    out = []
+    for minor in range(glibc, 4, -1):
+        out.append(f"manylinux_2_{minor}_{arch}")
+        if minor in _LEGACY_MANYLINUX:
+            out.append(f"{_LEGACY_MANYLINUX[minor]}_{arch}")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """The laptops' platform for ``pip download`` (all None: this machine's)."""
@@ -617,8 +640,10 @@ class Target:
 
     def pip_args(self) -> list[str]:
         args: list[str] = []
-        for flag, value in (("--platform", self.platform), ("--python-version", self.python_version),
-                            ("--implementation", self.implementation), ("--abi", self.abi)):
+        for platform in expand_platform(self.platform) if self.platform else []:
+            args += ["--platform", platform]
+        for flag, value in (("--python-version", self.python_version), ("--implementation", self.implementation),
+                            ("--abi", self.abi)):
             if value:
                 args += [flag, value]
         return args
