@@ -25,29 +25,82 @@ downloaded): a balanced test split of 30 images per class (fixed, seed 0) and a
 long-tailed training subset of the rest with the exponential profile
 ``n_max = 140, IF = 15`` (140, 103, 76, 56, 42, 31, 23, 17, 12, 9: 2 many,
 5 medium, 3 few classes at the default thresholds 100 / 20).
+
+Every file is checked when it is loaded, before any training: a damaged,
+inconsistent or unreadable file is a one-line :class:`DataError` (a
+``ValueError``) or :class:`DataNotFoundError` (a ``FileNotFoundError``) naming
+the file (and line or index) and the fix.  An image that cannot be decoded is
+found when it is read, inside ``DataLoader`` workers too: :class:`ImageReadError`
+names the file and its split-file line.
+
+Untrusted CIFAR files.  CIFAR's "python version" files are pickles, and
+unpickling a file with Python's :mod:`pickle` runs whatever functions the file
+names: a CIFAR folder from an untrusted source is as dangerous as running its
+author's script.  ltkit reads these files with a restricted unpickler that
+accepts only what CIFAR files hold (dicts, lists, strings, numbers, numpy
+arrays) and refuses anything else with an error naming the file.
+``verify_checksums=True`` further compares every file with the md5 sums that
+torchvision lists for the official archives (``torchvision.datasets.CIFAR10`` /
+``CIFAR100``), so a replaced or damaged file is caught before training.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import profiles
+from . import checks, profiles
 
 DIGITS_TEST_PER_CLASS = 30
+SHOWN = 3  # how many offending files / lines an error lists
+
+
+# --------------------------------------------------------------------------- errors
+class DataError(checks.InputError):
+    """A data file is damaged, inconsistent or of the wrong kind (the message names it and the fix)."""
+
+
+class DataNotFoundError(checks.LtkitError, FileNotFoundError):
+    """A data file or folder is missing (the message says where to get it)."""
+
+
+class ImageReadError(DataError):
+    """An image file cannot be decoded.
+
+    Raised in a ``DataLoader`` worker, torch re-raises it in the main process
+    as ``ImageReadError(<"Caught ... Original Traceback ...">)``; the
+    constructor keeps only the original one-line message.
+    """
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "Traceback" in message:
+            marker = f"{type(self).__name__}: "
+            last = next((ln for ln in reversed(message.splitlines()) if marker in ln), "")
+            message = last.split(marker, 1)[1].rstrip(".") + " (raised in a DataLoader worker)." if last else message
+        super().__init__(message)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 # --------------------------------------------------------------------------- containers
 def class_counts(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[int]:
-    """Images per class (a class with no images is an error)."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    return profiles.check_counts(counts[:num_classes])
+    """Images per class (a label outside ``[0, num_classes)`` or a class with no images is an error)."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"label {int(labels[bad[0]])} (index {int(bad[0])}, {bad.size} such labels) is outside "
+                        f"[0, {num_classes}): relabel the data or set the number of classes.")
+    return profiles.check_counts(np.bincount(labels, minlength=num_classes))
 
 
 @dataclass
@@ -90,14 +143,14 @@ def lt_subset_indices(labels: np.ndarray, counts: Sequence[int], rule: str = "sh
     the first ``n_k`` in file order (M2m).
     """
     if rule not in ("shuffle", "first"):
-        raise ValueError(f"unknown subset rule {rule!r}; choose 'shuffle' (LDAM/CMO code) or 'first' (M2m code).")
+        raise checks.InputError(f"unknown subset rule {rule!r}; choose 'shuffle' (LDAM/CMO code) or 'first' (M2m code).")
     labels = np.asarray(labels)
     rng = np.random.RandomState(seed)  # the same stream as np.random.seed(seed) + np.random.shuffle
     chosen = []
     for k, n_k in enumerate(counts):
         idx = np.flatnonzero(labels == k)
         if len(idx) < n_k:
-            raise ValueError(
+            raise checks.InputError(
                 f"class {k} has only {len(idx)} images but the profile asks for {n_k}: lower n_max or the imbalance factor."
             )
         if rule == "shuffle":
@@ -163,6 +216,65 @@ def _cifar_class(num_classes: int, check_md5: bool):
     return PresenceChecked
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR files hold: plain containers and numpy arrays (nothing that runs code)."""
+
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        canonical = module.replace("numpy.core", "numpy._core", 1)  # numpy < 2 wrote numpy.core
+        if (canonical, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: CIFAR files hold no such object, "
+                                         "and loading it could run code")
+        if not hasattr(np, "_core"):  # numpy < 2
+            canonical = canonical.replace("numpy._core", "numpy.core", 1)
+        return super().find_class(canonical, name)
+
+
+def _cifar_entry(path: Path, fix: str) -> dict:
+    """One CIFAR pickle, unpickled safely; a missing, truncated or foreign file names itself and the fix."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path} is missing: the CIFAR folder is incomplete or corrupted; {fix}.") from None
+    except Exception as err:  # pickle raises UnpicklingError, EOFError, ValueError, ... for a damaged file
+        raise DataError(f"{path} is truncated or not a CIFAR pickle ({type(err).__name__}: {_one_line(err)}); "
+                        f"{fix}.") from err
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} holds a {type(entry).__name__}, not a CIFAR batch (a dict); {fix}.")
+    return entry
+
+
+def _cifar_batch(path: Path, num_classes: int, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, 32, 32)`` and labels of one batch file, checked: rows of 3072 bytes, one label each, in range."""
+    entry = _cifar_entry(path, fix)
+    key = "labels" if "labels" in entry else "fine_labels"
+    if "data" not in entry or key not in entry:
+        raise DataError(f"{path} has no 'data' and '{key}' entries (it has {sorted(map(str, entry))[:6]}): not a "
+                        f"CIFAR-{num_classes} batch; {fix}.")
+    images, labels = entry["data"], np.asarray(entry[key])
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
+        shape = getattr(images, "shape", None)
+        raise DataError(f"{path}: 'data' is {type(images).__name__} {getattr(images, 'dtype', '')} of shape {shape}, "
+                        f"expected uint8 rows of 3072 bytes (3 x 32 x 32 pixels per image); {fix}.")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{path}: {len(images)} images but {labels.size} labels in '{key}' (one per image); {fix}.")
+    if labels.size and labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: '{key}' holds {labels.dtype} values, expected integer class indices; {fix}.")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} ({bad.size} such labels) is "
+                        f"outside [0, {num_classes}) for CIFAR-{num_classes}: is this the right folder? {fix}.")
+    return images.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _cifar_split(folder: Path, files: list, num_classes: int, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    batches = [_cifar_batch(folder / name, num_classes, fix) for name, _ in files]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
 def load_cifar_lt(
     root: str | os.PathLike,
     num_classes: int = 100,
@@ -171,46 +283,67 @@ def load_cifar_lt(
     seed: int = 0,
     download: bool = False,
     check_md5: bool = False,
+    verify_checksums: bool = False,
 ) -> TensorData:
     """CIFAR-10-LT / CIFAR-100-LT from torchvision's on-disk CIFAR (python pickles).
 
     Profile: ``n_i = int(n_max (1/IF)^(i/(C-1)))`` with ``n_max`` 5000 / 500;
     subset rule ``"shuffle"`` (LDAM / CMO, seed 0) or ``"first"`` (M2m).
-    The test set is the original balanced one.  ``check_md5=False`` (default)
-    only checks that the files exist, which is faster and lets tests write
-    small files in the real format.
+    The test set is the original balanced one.  Every file is unpickled safely
+    (see the module docstring) and checked: rows of 3072 bytes, one label per
+    image, labels in range.  ``verify_checksums=True`` (``check_md5`` is its
+    old name) also runs torchvision's md5 check of every file, which refuses
+    files you made yourself (such as the small ones tests write).
     """
     if num_classes not in (10, 100):
-        raise ValueError(f"num_classes={num_classes!r}: CIFAR comes with 10 or 100 classes.")
-    cls = _cifar_class(num_classes, check_md5)
-    folder = Path(root) / cls.base_folder
-    if not download and not folder.is_dir():
-        raise FileNotFoundError(
+        raise checks.InputError(f"num_classes={num_classes!r}: CIFAR comes with 10 or 100 classes.")
+    base = _cifar_class(num_classes, check_md5=True)
+    root = Path(root)
+    folder = root / base.base_folder
+    fix = f"re-extract {_CIFAR_URL[num_classes]} into {root}"
+    if download and not folder.is_dir():
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(base.url, str(root), filename=base.filename, md5=base.tgz_md5)
+    if not folder.is_dir():
+        raise DataNotFoundError(
             f"CIFAR-{num_classes} not found: expected the folder {folder} (with the python pickles). "
-            f"Download {_CIFAR_URL[num_classes]} and extract it into {Path(root)}, "
+            f"Download {_CIFAR_URL[num_classes]} and extract it into {root}, "
             "or pass download=True on a machine with internet access."
         )
-    try:
-        train, test = cls(str(root), train=True, download=download), cls(str(root), train=False, download=False)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(
-            f"CIFAR-{num_classes} under {folder} is incomplete or corrupted ({err}). "
-            f"Re-extract {_CIFAR_URL[num_classes]} into {Path(root)}."
-        ) from err
+    files = [*base.train_list, *base.test_list, [base.meta["filename"], base.meta["md5"]]]
+    missing = [name for name, _ in files if not (folder / name).is_file()]
+    if missing:
+        raise DataNotFoundError(f"CIFAR-{num_classes} under {folder} is incomplete or corrupted: {', '.join(missing)} "
+                                f"missing; {fix}.")
+    if verify_checksums or check_md5:
+        from torchvision.datasets.utils import check_integrity
+
+        for name, md5 in files:
+            if not check_integrity(str(folder / name), md5):
+                raise DataError(f"{folder / name} fails torchvision's md5 check (expected {md5}): it is damaged or not "
+                                f"the official file; {fix}, or turn verify_checksums off for files you made yourself.")
+    x_train, y_train = _cifar_split(folder, base.train_list, num_classes, fix)
+    x_test, y_test = _cifar_split(folder, base.test_list, num_classes, fix)
+    meta_path = folder / base.meta["filename"]
+    names = _cifar_entry(meta_path, fix).get(base.meta["key"])
+    if not isinstance(names, list) or len(names) != num_classes:
+        raise DataError(f"{meta_path}: '{base.meta['key']}' should list {num_classes} class names, got "
+                        f"{len(names) if isinstance(names, list) else type(names).__name__}; {fix}.")
     n_max = {10: 5000, 100: 500}[num_classes]
-    available = class_counts(train.targets, num_classes)
+    available = class_counts(y_train, num_classes)
     n_max = min(n_max, max(available))  # lets a test use a tiny file in the real format
     counts = profiles.exponential_profile(num_classes, n_max, imbalance_factor)
-    idx = lt_subset_indices(np.asarray(train.targets), counts, subset, seed)
-    to_tensor = lambda images: torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
+    idx = lt_subset_indices(y_train, counts, subset, seed)
     return TensorData(
         name=f"cifar{num_classes}-lt",
-        x_train=to_tensor(train.data[idx]),
-        y_train=torch.as_tensor(np.asarray(train.targets)[idx], dtype=torch.int64),
-        x_test=to_tensor(test.data),
-        y_test=torch.as_tensor(test.targets, dtype=torch.int64),
-        classes=list(train.classes),
-        info=dict(source=str(folder), imbalance_factor=imbalance_factor, n_max=n_max, subset=subset, seed=seed),
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train[idx])),
+        y_train=torch.from_numpy(y_train[idx]),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        y_test=torch.from_numpy(y_test),
+        classes=[str(n) for n in names],
+        info=dict(source=str(folder), imbalance_factor=imbalance_factor, n_max=n_max, subset=subset, seed=seed,
+                  checksums_verified=bool(verify_checksums or check_md5)),
     )
 
 
@@ -226,26 +359,35 @@ SPLIT_FILE_HELP = {
 }
 
 
+def _split_lines(path: str | os.PathLike) -> list[tuple[int, str, int]]:
+    """``(line number, relative path, label)`` of every non-blank line of a split file."""
+    entries = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
+                    raise DataError(
+                        f"{path}, line {lineno}: expected 'relative/path label' with a non-negative integer label, "
+                        f"got {line.rstrip()[:80]!r}; fix or delete the line."
+                    )
+                entries.append((lineno, parts[0], int(parts[1])))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start}): pass the split file "
+                        "(lines 'relative/path label').") from None
+    if not entries:
+        raise DataError(f"{path} holds no 'relative/path label' lines: pass the split file of the data set.")
+    return entries
+
+
 def read_split_file(path: str | os.PathLike) -> list[tuple[str, int]]:
     """Parse ``relative/path label`` lines; blank lines are skipped.
 
-    A line that does not parse raises ``ValueError`` naming the file and line.
+    A line that does not parse raises :class:`DataError` naming the file and line.
     """
-    entries = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-                raise ValueError(
-                    f"{path}, line {lineno}: expected 'relative/path label' with a non-negative integer label, "
-                    f"got {line.rstrip()!r}."
-                )
-            entries.append((parts[0], int(parts[1])))
-    if not entries:
-        raise ValueError(f"{path} holds no 'relative/path label' lines.")
-    return entries
+    return [(rel, label) for _, rel, label in _split_lines(path)]
 
 
 def _default_loader(path: str):
@@ -256,12 +398,18 @@ def _default_loader(path: str):
 
 
 class ImageListDataset(Dataset):
-    """Images listed in a split file, read from ``root`` on demand."""
+    """Images listed in a split file, read from ``root`` on demand.
+
+    An image that cannot be read raises :class:`ImageReadError` naming the
+    file and its line (one line, also from a ``DataLoader`` worker).
+    """
 
     def __init__(self, root: str | os.PathLike, split_file: str | os.PathLike, transform: Callable | None = None):
         self.root = Path(root)
         self.split_file = Path(split_file)
-        self.entries = read_split_file(split_file)
+        lines = _split_lines(split_file)
+        self.entries = [(rel, label) for _, rel, label in lines]
+        self.line_numbers = [lineno for lineno, _, _ in lines]
         self.targets = [label for _, label in self.entries]
         self.transform = transform
 
@@ -271,10 +419,33 @@ class ImageListDataset(Dataset):
     def __getitem__(self, i: int):
         rel, label = self.entries[i]
         path = self.root / rel
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} (listed in {self.split_file}) does not exist: check the data root.")
-        image = _default_loader(str(path))
+        try:
+            image = _default_loader(str(path))
+        except Exception as err:  # PIL: OSError (truncated), UnidentifiedImageError, ValueError, SyntaxError, ...
+            raise ImageReadError(
+                f"{path} (line {self.line_numbers[i]} of {self.split_file}) cannot be read as an image "
+                f"({type(err).__name__}: {_one_line(err)}); replace the file, or delete its line from the split file."
+            ) from err
         return (self.transform(image) if self.transform else image), label
+
+    def check_labels(self, num_classes: int) -> None:
+        """Every label in ``[0, num_classes)``, or a :class:`DataError` naming the first bad line."""
+        bad = [i for i, y in enumerate(self.targets) if y >= num_classes]
+        if bad:
+            i = bad[0]
+            raise DataError(f"{self.split_file}, line {self.line_numbers[i]}: label {self.targets[i]} is outside "
+                            f"[0, {num_classes}) ({len(bad)} such lines); fix the split file or num_classes.")
+
+    def check_files(self) -> None:
+        """Every listed image exists, or a :class:`DataNotFoundError` listing the first few that do not."""
+        missing = [i for i, (rel, _) in enumerate(self.entries) if not os.path.isfile(self.root / rel)]
+        if missing:
+            shown = ", ".join(f"line {self.line_numbers[i]}: {self.entries[i][0]}" for i in missing[:SHOWN])
+            raise DataNotFoundError(
+                f"{len(missing)} of {len(self)} images listed in {self.split_file} are missing under {self.root} "
+                f"({shown}{', ...' if len(missing) > SHOWN else ''}); check root= (the folder the listed paths are "
+                "relative to) and that the images are all there."
+            )
 
 
 @dataclass
@@ -302,30 +473,40 @@ def load_split_file_lt(
     test_file: str | os.PathLike,
     num_classes: int | None = None,
     name: str = "split-file-lt",
+    check_files: bool = True,
 ) -> FileData:
     """A long-tailed data set from an image root and two split files.
 
-    ``num_classes`` defaults to ``1 + max label``; every class must have at
-    least one training image.
+    ``num_classes`` defaults to ``1 + max label``.  Checked before training:
+    every line parses, every label (train and test) is in range, every class
+    has a training image and (``check_files``, one ``stat`` per image) every
+    listed image exists.  Images that exist but cannot be decoded are found
+    when they are read (:class:`ImageReadError`).
     """
     root = Path(root)
     if not root.is_dir():
         where = SPLIT_FILE_HELP.get(name, "the images and their split files")
-        raise FileNotFoundError(f"image root {root} does not exist. Get {where}, and pass root=<the folder the paths are relative to>.")
+        raise DataNotFoundError(f"image root {root} does not exist. Get {where}, and pass root=<the folder the paths "
+                                "are relative to>.")
     for split in (train_file, test_file):
         if not Path(split).is_file():
-            raise FileNotFoundError(f"split file {split} does not exist. Get {SPLIT_FILE_HELP.get(name, 'it')}.")
+            raise DataNotFoundError(f"split file {split} does not exist. Get {SPLIT_FILE_HELP.get(name, 'it')}.")
     train, test = ImageListDataset(root, train_file), ImageListDataset(root, test_file)
-    num_classes = num_classes or 1 + max(train.targets + test.targets)
+    if num_classes is None:
+        num_classes = 1 + max(train.targets + test.targets)
+    checks.integer("num_classes", num_classes, low=1)
+    for split in (train, test):
+        split.check_labels(num_classes)
     counts = np.bincount(train.targets, minlength=num_classes)
-    if len(counts) > num_classes:
-        raise ValueError(f"{train_file} has labels up to {len(counts) - 1} but num_classes={num_classes}.")
     empty = np.flatnonzero(counts == 0)
     if empty.size:
-        raise ValueError(
+        raise DataError(
             f"{train_file}: class {int(empty[0])} has no training images (empty classes: {empty.tolist()[:10]}); "
             "check the split file and num_classes."
         )
+    if check_files:
+        for split in (train, test):
+            split.check_files()
     return FileData(name, train, test, num_classes, info=dict(root=str(root), train_file=str(train_file), test_file=str(test_file)))
 
 
@@ -360,10 +541,18 @@ def load_dataset(name: str = "digits-lt", root: str | os.PathLike | None = None,
     if name in BUNDLED:
         return load_bundled(name, **kwargs)
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}.")
+        raise checks.InputError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}.")
     if root is None:
-        raise ValueError(f"{name} is read from disk: pass root=<data folder> (bundled, no root needed: {', '.join(BUNDLED)}).")
-    if name in ("cifar10-lt", "cifar100-lt"):
+        raise checks.InputError(f"{name} is read from disk: pass root=<data folder> (bundled, no root needed: "
+                                f"{', '.join(BUNDLED)}).")
+    cifar = name in ("cifar10-lt", "cifar100-lt")
+    loader, fixed = (load_cifar_lt, {"root", "num_classes"}) if cifar else (load_split_file_lt, {"root", "name"})
+    valid = sorted(set(inspect.signature(loader).parameters) - fixed)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        why = "" if cifar else " (the split files fix the training profile)"
+        raise checks.InputError(f"{name} takes no {', '.join(unknown)}{why}; valid: {', '.join(valid)}.")
+    if cifar:
         return load_cifar_lt(root, num_classes=10 if name == "cifar10-lt" else 100, **kwargs)
     train_name, test_name, num_classes = SPLIT_FILES[name]
     train_file = kwargs.pop("train_file", Path(root) / train_name)

@@ -175,3 +175,202 @@ def test_unknown_dataset_and_missing_root():
         data.load_dataset("mnist-lt")
     with pytest.raises(ValueError, match="pass root="):
         data.load_dataset("cifar10-lt")
+
+
+# =========================================================================== damaged and untrusted files
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def _rewrite_pickle(path: Path, change) -> None:
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    change(entry)
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+def test_cifar_rows_of_the_wrong_length_are_refused(tmp_path):
+    _write_cifar(tmp_path, 10, 20)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+
+    def double_rows(entry):  # 6144-byte rows: would load as twice the images, misaligned with the labels
+        entry["data"] = np.concatenate([entry["data"], entry["data"]], axis=1)
+
+    _rewrite_pickle(batch, double_rows)
+    with pytest.raises(data.DataError, match=r"data_batch_2: 'data' is .* shape \(40, 6144\), expected uint8 rows of "
+                                             r"3072 bytes.*re-extract") as err:
+        data.load_cifar_lt(tmp_path, num_classes=10)
+    assert str(batch) in _one_line(err)
+
+
+def test_cifar_label_count_must_match_image_count(tmp_path):
+    _write_cifar(tmp_path, 100, 4)
+    _rewrite_pickle(tmp_path / "cifar-100-python" / "test", lambda e: e["fine_labels"].pop())
+    with pytest.raises(data.DataError, match=r"cifar-100-python/test: 200 images but 199 labels") as err:
+        data.load_cifar_lt(tmp_path, num_classes=100)
+    _one_line(err)
+
+
+@pytest.mark.parametrize("split, bad", [("data_batch_5", 10), ("test_batch", -1)])
+def test_cifar_labels_out_of_range_name_file_and_index(tmp_path, split, bad):
+    _write_cifar(tmp_path, 10, 20)
+
+    def corrupt(entry):
+        entry["labels"][3] = bad
+
+    _rewrite_pickle(tmp_path / "cifar-10-batches-py" / split, corrupt)
+    with pytest.raises(data.DataError, match=rf"{split}: label {bad} at index 3 \(1 such labels\) is outside \[0, 10\)") as err:
+        data.load_cifar_lt(tmp_path, num_classes=10)
+    _one_line(err)
+
+
+def test_truncated_cifar_pickle_is_named(tmp_path):
+    _write_cifar(tmp_path, 10, 20)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_4"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    with pytest.raises(data.DataError, match=r"data_batch_4 is truncated or not a CIFAR pickle.*re-extract") as err:
+        data.load_cifar_lt(tmp_path, num_classes=10)
+    _one_line(err)
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_crafted_cifar_pickle_is_refused_without_running_it(tmp_path):
+    _write_cifar(tmp_path, 10, 20)
+    marker = tmp_path / "payload-ran"
+    _rewrite_pickle(tmp_path / "cifar-10-batches-py" / "data_batch_1", lambda e: e.update(extra=_Payload(marker)))
+    with pytest.raises(data.DataError, match=r"data_batch_1 is truncated or not a CIFAR pickle .*refused global "
+                                             r"posix.mkdir") as err:
+        data.load_cifar_lt(tmp_path, num_classes=10)
+    _one_line(err)
+    assert not marker.exists()
+
+
+def test_verify_checksums_runs_torchvisions_md5_check(tmp_path, monkeypatch):
+    import hashlib
+
+    from torchvision.datasets import CIFAR10
+
+    _write_cifar(tmp_path, 10, 20)
+    folder = tmp_path / "cifar-10-batches-py"
+    with pytest.raises(data.DataError, match=r"data_batch_1 fails torchvision's md5 check \(expected "
+                                             r"c99cafc152244af753f735de768cd75f\)") as err:
+        data.load_cifar_lt(tmp_path, num_classes=10, imbalance_factor=5, verify_checksums=True)
+    _one_line(err)
+    data.load_cifar_lt(tmp_path, num_classes=10, imbalance_factor=5)  # off by default: files made by hand load
+    md5 = lambda name: hashlib.md5((folder / name).read_bytes()).hexdigest()  # noqa: E731
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5(n)] for n, _ in CIFAR10.train_list])
+    monkeypatch.setattr(CIFAR10, "test_list", [[n, md5(n)] for n, _ in CIFAR10.test_list])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5("batches.meta")})
+    d = data.load_cifar_lt(tmp_path, num_classes=10, imbalance_factor=5, verify_checksums=True)  # the sums match: it loads
+    assert d.info["checksums_verified"] is True
+    with open(folder / "test_batch", "r+b") as f:  # one byte changed
+        f.seek(-20, 2)
+        byte = f.read(1)
+        f.seek(-20, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(data.DataError, match="test_batch fails torchvision's md5 check"):
+        data.load_cifar_lt(tmp_path, num_classes=10, imbalance_factor=5, verify_checksums=True)
+
+
+@pytest.mark.parametrize("which, line", [("train", 4), ("test", 2)])
+def test_split_file_label_out_of_range_in_train_or_test(tmp_path, which, line):
+    train_file, test_file = _write_image_tree(tmp_path, [2, 2, 1])
+    path = train_file if which == "train" else test_file
+    lines = path.read_text().splitlines()
+    lines[line - 1] = lines[line - 1].rsplit(maxsplit=1)[0] + " 3"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataError, match=rf"{path.name}, line {line}: label 3 is outside \[0, 3\)") as err:
+        data.load_dataset("imagenet-lt", root=tmp_path, num_classes=3)
+    _one_line(err)
+
+
+def test_split_file_missing_images_are_listed(tmp_path):
+    _write_image_tree(tmp_path, [4, 3, 1])
+    for rel in ("train/n00000000/img_1.JPEG", "train/n00000001/img_0.JPEG", "train/n00000001/img_2.JPEG",
+                "train/n00000002/img_0.JPEG"):
+        (tmp_path / rel).unlink()
+    with pytest.raises(data.DataNotFoundError, match=r"4 of 8 images listed in .*ImageNet_LT_train.txt are missing "
+                                                     r"under .*\(line 2: train/n00000000/img_1.JPEG, line 5: "
+                                                     r"train/n00000001/img_0.JPEG, line 7: train/n00000001/img_2.JPEG, "
+                                                     r"\.\.\.\); check root=") as err:
+        data.load_dataset("imagenet-lt", root=tmp_path, num_classes=3)
+    _one_line(err)
+    assert isinstance(err.value, FileNotFoundError)
+    assert len(data.load_split_file_lt(tmp_path, tmp_path / "ImageNet_LT_train.txt", tmp_path / "ImageNet_LT_test.txt",
+                                       num_classes=3, check_files=False).train) == 8
+
+
+@pytest.mark.parametrize("content", ["x.jpg 1\nx.jpg -1\n", "x.jpg 1\nx.jpg ²\n", "x.jpg 1\nno-label\n"])
+def test_split_file_bad_lines(tmp_path, content):
+    path = tmp_path / "split.txt"
+    path.write_text(content)
+    with pytest.raises(data.DataError, match="split.txt, line 2: expected 'relative/path label'") as err:
+        data.read_split_file(path)
+    _one_line(err)
+
+
+def test_split_file_that_is_not_text(tmp_path):
+    path = tmp_path / "split.txt"
+    path.write_bytes(b"a.jpg 0\n\xff\xfe\x00garbage 1\n")
+    with pytest.raises(data.DataError, match="split.txt is not a UTF-8 text file"):
+        data.read_split_file(path)
+
+
+def _damage_jpeg(tmp_path) -> tuple[data.FileData, Path]:
+    _write_image_tree(tmp_path, [3, 2, 1])
+    broken = tmp_path / "train/n00000001/img_1.JPEG"
+    broken.write_bytes(broken.read_bytes()[:200])  # cut: the header parses, the pixels do not
+    d = data.load_dataset("imagenet-lt", root=tmp_path, num_classes=3)
+    return d, broken
+
+
+def test_truncated_jpeg_is_named_with_its_split_file_line(tmp_path):
+    d, broken = _damage_jpeg(tmp_path)
+    with pytest.raises(data.ImageReadError, match=r"img_1.JPEG \(line 5 of .*ImageNet_LT_train.txt\) cannot be read "
+                                                  r"as an image \(OSError: (?i:.*truncated.*)\); replace the file") as err:
+        d.train[4]
+    assert str(broken) in _one_line(err)
+    (tmp_path / "train/n00000000/img_0.JPEG").write_bytes(b"not an image at all")
+    with pytest.raises(data.ImageReadError, match=r"img_0.JPEG \(line 1 .*UnidentifiedImageError"):
+        d.train[0]
+
+
+def test_truncated_jpeg_in_a_dataloader_worker_is_one_clear_line(tmp_path):
+    from torchvision.transforms.functional import pil_to_tensor
+
+    d, broken = _damage_jpeg(tmp_path)
+    d.train.transform = pil_to_tensor
+    loader = torch.utils.data.DataLoader(d.train, batch_size=2, num_workers=1)
+    with pytest.raises(data.ImageReadError) as err:
+        list(loader)
+    message = _one_line(err)
+    assert message.startswith(f"{broken} (line 5 of ") and "cannot be read as an image" in message
+    assert message.endswith("(raised in a DataLoader worker).") and "Traceback" not in message
+
+
+def test_load_dataset_refuses_options_the_loader_does_not_take(tmp_path):
+    _write_image_tree(tmp_path, [2, 1])
+    with pytest.raises(ValueError, match=r"imagenet-lt takes no imbalance_factor \(the split files fix the training "
+                                         r"profile\); valid: check_files, num_classes"):
+        data.load_dataset("imagenet-lt", root=tmp_path, imbalance_factor=10)
+    with pytest.raises(ValueError, match="cifar10-lt takes no train_file"):
+        data.load_dataset("cifar10-lt", root=tmp_path, train_file="x")
+
+
+def test_class_counts_refuse_labels_out_of_range():
+    with pytest.raises(data.DataError, match=r"label 10 \(index 2, 1 such labels\) is outside \[0, 10\)"):
+        data.class_counts(torch.tensor([0, 1, 10]), 10)
+    with pytest.raises(data.DataError, match=r"label -1 \(index 0"):
+        data.class_counts([-1, 0, 1], 2)
