@@ -383,7 +383,11 @@ def _lock_run_dir(run_dir: Path) -> None:
         raise RunInUseError(f"run {run_dir} is already held by this process (pid {os.getpid()}): a run of this name "
                             "is still going on here; wait for it, or call ltkit.runs.release_run_dir on it if it was "
                             "abandoned.")
-    fd = _open_lock(run_dir) if fcntl is not None else _open_lock_exclusive(run_dir)
+    try:
+        fd = _open_lock(run_dir) if fcntl is not None else _open_lock_exclusive(run_dir)
+    except PermissionError as err:
+        raise checks.InputError(f"cannot write into {run_dir} ({err.strerror}): choose an out_dir you can write "
+                                "to.") from err
     previous = os.read(fd, 4096).decode(errors="replace")
     os.lseek(fd, 0, os.SEEK_SET)
     os.ftruncate(fd, 0)
@@ -511,11 +515,11 @@ def _claim(run_dir: Path, config: dict, if_exists: str, defaults: dict) -> str:
         return "new"
     finished, checkpointed = "result.json" in names, "checkpoint.pt" in names
     if if_exists == "error":
-        what = ("it is finished: resume returns its record" if finished
-                else "resume continues it from its checkpoint" if checkpointed
-                else "it stopped before its first checkpoint: resume starts it afresh")
-        raise RunExistsError(f"run {run_dir} already exists; pass {_RESUME} ({what}), {_OVERWRITE} to delete it and "
-                             "start again, or choose another run name (--name).")
+        what, verb = (("is finished", "get its record") if finished
+                      else ("has a checkpoint", "continue it from there") if checkpointed
+                      else ("stopped before its first checkpoint", "start it afresh"))
+        raise RunExistsError(f"run {run_dir} already exists and {what}; pass {_RESUME} to {verb}, {_OVERWRITE} to "
+                             "delete it and start again, or choose another run name (--name).")
     if not finished and not checkpointed:  # failed before its first checkpoint: nothing to continue
         _clear(run_dir)
         return "new"

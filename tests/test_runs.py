@@ -241,9 +241,10 @@ def test_run_without_checkpoint_is_retried_by_the_command_its_message_names(tmp_
     run_dir = tmp_path / "run"
     fake_run(run_dir, checkpoint=False, result=False, epochs=1)
     (run_dir / "history.jsonl").write_text('{"epoch": 0}\n{"epo')
-    with pytest.raises(runs.RunExistsError, match="resume starts it afresh") as err:
+    with pytest.raises(runs.RunExistsError, match=r"stopped before its first checkpoint; pass if_exists='resume' "
+                                                  r"\(--resume\) to start it afresh") as err:
         runs.prepare_run_dir(run_dir, dict(lr=0.1, seed=0), "error")
-    assert "if_exists='resume' (--resume)" in one_line(err)
+    one_line(err)
     assert runs.prepare_run_dir(run_dir, dict(lr=0.2, seed=0), "resume") == "new"
     assert [p.name for p in run_dir.iterdir()] == [runs.LOCK_NAME]
 
@@ -258,10 +259,10 @@ def test_resume_finished_and_differing_config(tmp_path, release_all):
     one_line(err)
     assert not (stopped / runs.LOCK_NAME).exists()  # an error leaves no lock
     assert runs.prepare_run_dir(stopped, dict(config, progress=False), "resume") == "resume"  # volatile field
-    with pytest.raises(runs.RunExistsError, match="it is finished: resume returns its record"):
+    with pytest.raises(runs.RunExistsError, match="is finished; pass .* to get its record"):
         runs.prepare_run_dir(finished, config, "error")
     runs.release_run_dir(stopped)
-    with pytest.raises(runs.RunExistsError, match="resume continues it from its checkpoint"):
+    with pytest.raises(runs.RunExistsError, match="has a checkpoint; pass .* to continue it from there"):
         runs.prepare_run_dir(stopped, config, "error")
     with pytest.raises(checks.InputError, match="unknown if_exists 'replace'"):
         runs.prepare_run_dir(tmp_path / "new", config, "replace")
