@@ -88,6 +88,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -97,7 +98,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import train
+from .. import checks, train
+from ..checks import param
 from . import diffusion
 from .diffusion import CHECKPOINT_DIR, ClassDiffusion, predicted_x0
 
@@ -264,7 +266,7 @@ class FeedbackClassifier(nn.Module):
                             device: str | None = None) -> "FeedbackClassifier":
         """The class Gaussians from a split-file data set (ImageNet-LT scale), read with the test transforms."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dataset.transform = train._file_transforms(config, train=False)
+        dataset.transform = train.file_transforms(config, train=False)
         loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=config.num_workers)
         self.to(device)
         feats, labels = [], []
@@ -616,6 +618,22 @@ def synthesize_fill(model: ClassDiffusion, class_counts: Sequence[int], classifi
 
 
 # =========================================================================== training with the fill
+@dataclass(frozen=True)
+class FeedbackFillParams:
+    """The fill's parameters (``config.method_params``); see :class:`FeedbackFill`."""
+
+    synthetic: str | None = None
+    real_fraction: float = param(0.5, low=0, high=1, low_open=True, hint="0.5 = half real, half synthetic")
+    prior: str = param("real", choices=("real", "mixed"), hint="'real': the run's loss; 'mixed': BS with the "
+                                                                "mixed batches' prior")
+
+    def check(self) -> None:
+        if not self.synthetic:
+            raise checks.InputError(
+                "feedback-fill needs method_params={'synthetic': <path of a saved SyntheticSet (.pt) or a split file "
+                "(.txt)>} (made with ltkit.methods.feedback.synthesize_fill(...).save(path)).")
+
+
 @train.register_method
 class FeedbackFill(train.Method):
     """50 % real / 50 % synthetic mini-batches (see the module docstring).
@@ -631,17 +649,11 @@ class FeedbackFill(train.Method):
     """
 
     name = "feedback-fill"
+    Params = FeedbackFillParams
 
-    def __init__(self, synthetic: str | None = None, real_fraction: float = 0.5, prior: str = "real") -> None:
-        if not isinstance(synthetic, (str, Path)):
-            raise ValueError("feedback-fill needs method_params={'synthetic': <path of a saved SyntheticSet (.pt) "
-                             "or a split file (.txt)>} (made with ltkit.methods.feedback.synthesize_fill(...).save(path)).")
-        if isinstance(real_fraction, bool) or not isinstance(real_fraction, (int, float)) or not 0 < real_fraction <= 1:
-            raise ValueError(f"real_fraction={real_fraction!r} must lie in (0, 1] (0.5 = half real, half synthetic).")
-        if prior not in ("real", "mixed"):
-            raise ValueError(f"prior={prior!r}: choose 'real' (the run's loss, e.g. Balanced Softmax with the real "
-                             "long-tailed prior) or 'mixed' (Balanced Softmax with the mixed batches' prior).")
-        self.path, self.real_fraction, self.prior = str(synthetic), float(real_fraction), prior
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.path, self.real_fraction, self.prior = self.params.synthetic, self.params.real_fraction, self.params.prior
         self.files = self.path.endswith(".txt")
         self.fingerprint = ""
 
@@ -679,13 +691,13 @@ class FeedbackFill(train.Method):
         split = Path(self.path)
         if not split.is_file():
             raise FileNotFoundError(f"no synthetic split file at {split}: write one with ltkit.methods.feedback.pipeline_fill.")
-        self.dataset = ImageListDataset(split.parent, split, train._file_transforms(ctx.config, train=True))
+        self.dataset = ImageListDataset(split.parent, split, ctx.file_transform(train=True))
         self.fingerprint = hashlib.sha1(split.read_bytes()).hexdigest()
         self.y = torch.tensor(self.dataset.targets, device=ctx.device)
 
     def _mixed_log_prior(self, ctx: train.Context) -> Tensor:
         labels = torch.as_tensor(ctx.train_y.cpu() if ctx.train_y is not None else ctx.data.train.targets)
-        real_draw = train.epoch_order(ctx.config, labels, ctx.class_counts, 0, 0, 1)
+        real_draw = train.epoch_order(ctx.config, labels, ctx.class_counts, 0)
         real = torch.bincount(labels[real_draw], minlength=ctx.data.num_classes).double()
         syn = torch.tensor(self.syn_counts, dtype=torch.float64)
         f = self.real_fraction
@@ -693,39 +705,25 @@ class FeedbackFill(train.Method):
         return mixed.clamp_min(1e-12).log().float()
 
     def epoch_start(self, ctx: train.Context, epoch: int) -> None:
-        n, world = len(self.y), ctx.world_size
-        order = torch.randperm(n, generator=train._epoch_generator(ctx.config.seed, epoch, 0, stream=3))
-        total = math.ceil(n / world) * world
-        self.shard = torch.cat([order, order[: total - n]])[ctx.rank::world]
+        self.order = ctx.permutation(len(self.y), "feedback-order", epoch)  # the epoch's pass over the fill
         self.position = 0
-        self.epoch_seed = (ctx.config.seed, epoch, ctx.rank)
-        self.augment_gen = train._epoch_generator(ctx.config.seed, epoch, ctx.rank, stream=4)
 
     def synthetic_count(self, n_real: int) -> int:
         return round(n_real * (1 - self.real_fraction) / self.real_fraction)
 
-    def _images(self, ctx: train.Context, idx: Tensor) -> Tensor:
-        if not self.files:
-            x = train.to_unit_float(self.x[idx.to(ctx.device)])
-            if ctx.config.augment != "none":
-                x = train.augment_batch(x, ctx.config.crop_padding, ctx.config.augment == "crop-flip", self.augment_gen)
-            return x
-        seed, epoch, rank = self.epoch_seed
-        with torch.random.fork_rng(devices=[]):  # torchvision's random transforms, seeded per batch
-            torch.manual_seed(((seed * 1_000_003 + epoch) * 1_009 + rank) * 1_000_003 + self.position)
-            return torch.stack([self.dataset[int(i)][0] for i in idx]).to(ctx.device)
-
     def batch(self, ctx: train.Context, batch: train.Batch) -> train.Batch:
-        k = self.synthetic_count(len(batch.y))
+        """Append this rank's share of the global batch's synthetic images (the next ones of the epoch's pass)."""
+        k = self.synthetic_count(batch.global_size or len(batch.y))
         if k == 0:
             return batch
-        idx = self.shard[(self.position + torch.arange(k)) % len(self.shard)]
-        x = self._images(ctx, idx)
+        positions = self.order[(self.position + torch.arange(k)) % len(self.order)]
         self.position += k
-        y = self.y[idx.to(self.y.device)].to(batch.y.device)
+        source = self.dataset if self.files else self.x
+        x = ctx.images(positions, ctx.generator("feedback-augment", ctx.epoch, batch.step), source=source)
+        y = self.y[ctx.local(positions).to(self.y.device)].to(batch.y.device)
         index = batch.index if batch.index is not None else torch.full_like(batch.y, -1)
-        return train.Batch(x=torch.cat([batch.x, x.to(batch.x.dtype)]), y=torch.cat([batch.y, y]),
-                           index=torch.cat([index, torch.full_like(y, -1)]))
+        return dataclasses.replace(batch, x=torch.cat([batch.x, x.to(batch.x.dtype)]), y=torch.cat([batch.y, y]),
+                                   index=torch.cat([index, torch.full_like(y, -1)]))
 
     def loss(self, ctx: train.Context, batch: train.Batch) -> Tensor | None:
         if self.prior == "real":

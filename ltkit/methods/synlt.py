@@ -101,7 +101,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import data as ltdata
-from .. import losses, runs, train
+from .. import checks, losses, runs, train
+from ..checks import param
 from . import ot as ltot
 
 __all__ = ["ClassClouds", "M2m", "SynLT", "SynthesisConfig", "SynthesisResult", "acceptance_probabilities",
@@ -123,43 +124,45 @@ QUICK_PARAMS = dict(steps=5, eta=0.5, gamma=0.1, ot_iters=50, lambda1=0.5, lambd
 class SynthesisConfig:
     """The synthesizer's hyper-parameters; defaults = the Syn-LT paper (and M2m)."""
 
-    steps: int = 5  # T (M2m's code: 10)
-    eta: float = 0.1  # step size of each L2-normalised step
-    gamma: float = 0.1  # entropic regulariser of OT
-    ot_iters: int = 200  # Sinkhorn iteration cap
-    ot_tol: float = 1e-5  # Sinkhorn early stop on the marginal error (POT solve_batch default; float32 floor ~1e-6)
-    ot_grad: str = "envelope"  # "envelope" or "autodiff" (see ltkit.ot)
-    lambda1: float = 0.5  # OT term
-    lambda2: float = 0.5  # seed-class term f(x)_k
-    beta: float = 0.999  # seed / acceptance probability 1 - beta^(n_k - n_c)+
-    tau: float = 0.9  # acceptance threshold on softmax(g(x))_c
-    cost: str = "sqeuclidean"  # or "cosine"
+    steps: int = param(5, low=1, hint="T (M2m's code: 10)")
+    eta: float = param(0.1, low=0, hint="step size of each L2-normalised step")
+    gamma: float = param(0.1, low=0, low_open=True, hint="entropic regulariser of OT")
+    ot_iters: int = param(200, low=1, hint="Sinkhorn iteration cap")
+    ot_tol: float = param(1e-5, low=0, hint="Sinkhorn early stop on the marginal error")
+    ot_grad: str = param("envelope", choices=ltot.GRADS, hint="see ltkit.methods.ot")
+    lambda1: float = param(0.5, low=0, hint="weight of the OT term")
+    lambda2: float = param(0.5, low=0, hint="weight of the seed-class term f(x)_k")
+    beta: float = param(0.999, low=0, high=1, high_open=True, hint="seed / acceptance 1 - beta^(n_k - n_c)+; paper 0.999")
+    tau: float = param(0.9, low=0, high=1, hint="acceptance threshold on softmax(g(x))_c; paper 0.9")
+    cost: str = param("sqeuclidean", choices=ltot.COSTS)
     normalize_cost: bool = False
-    seeds: str = "in"  # "in" (majority images of the batch) or "noise" (out-of-distribution)
-    init_noise: float = 0.5  # L2 radius of the random start (M2m)
-    ot_features: str = "g"  # network whose features phi the OT term compares
-    ot_max_real: int = 512  # real images per class in a target cloud
+    seeds: str = param("in", choices=SEED_KINDS, hint="'in': majority images of the batch; 'noise': out-of-distribution")
+    init_noise: float = param(0.5, low=0, hint="L2 radius of the random start (M2m)")
+    ot_features: str = param("g", choices=OT_FEATURES, hint="the network whose features the OT term compares")
+    ot_max_real: int = param(512, low=1, hint="real images per class in a target cloud")
 
     def __post_init__(self) -> None:
-        ints = dict(steps=(self.steps, 1), ot_iters=(self.ot_iters, 1), ot_max_real=(self.ot_max_real, 1))
-        for name, (value, low) in ints.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
-        for name in ("eta", "lambda1", "lambda2", "init_noise", "ot_tol"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"{name}={value!r} must be a number >= 0.")
-        ltot.check_gamma(self.gamma)
-        if not (isinstance(self.beta, (int, float)) and 0 <= self.beta < 1):
-            raise ValueError(f"beta={self.beta!r} must lie in [0, 1) (paper: 0.999).")
-        if not (isinstance(self.tau, (int, float)) and 0 <= self.tau <= 1):
-            raise ValueError(f"tau={self.tau!r} is a probability threshold: it must lie in [0, 1] (paper: 0.9).")
-        choices = dict(cost=ltot.COSTS, ot_grad=ltot.GRADS, seeds=SEED_KINDS, ot_features=OT_FEATURES)
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(valid)}.")
-        if not isinstance(self.normalize_cost, bool):
-            raise TypeError(f"normalize_cost must be True or False, got {self.normalize_cost!r}.")
+        for f in dataclasses.fields(self):
+            checks.check_field(type(self).__name__, f, getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class M2mParams(SynthesisConfig):
+    """M2m's parameters (``config.method_params``): the synthesizer's, and when / how it runs."""
+
+    lambda1: float = param(0.0, low=0, high=0, hint="M2m has no OT term; use method='synlt' for lambda1 > 0")
+    start_epoch: int | None = param(None, low=0, hint="None: round(0.8 * epochs)")
+    synthesis: bool = True  # False: only the balanced re-draw (the DRS baseline)
+    resample: str = param("balanced", choices=RESAMPLE)
+    g_run: str | None = None  # a plain-CE run directory for g (None: train g inside the method)
+    g_epochs: int | None = param(None, low=1, hint="epochs of the in-method g; None: the run's epochs")
+
+
+@dataclass(frozen=True)
+class SynLTParams(M2mParams):
+    """Syn-LT's parameters: M2m's with the OT term on."""
+
+    lambda1: float = param(0.5, low=0, low_open=True, hint="the OT term; lambda1 = 0 is method='m2m'")
 
 
 def _check_counts(class_counts) -> Tensor:
@@ -438,8 +441,8 @@ def train_classifier(config: train.TrainConfig, data: ltdata.TensorData, device:
         optimizer = torch.optim.SGD(g.parameters(), lr=gconfig.lr, momentum=gconfig.momentum,
                                     weight_decay=gconfig.weight_decay, nesterov=gconfig.nesterov)
         g.train()
-        for epoch in train._progress(range(gconfig.epochs), gconfig.epochs, "training g (plain CE)", progress):
-            gen = torch.Generator().manual_seed(gconfig.seed * 7_919 + epoch * 13 + 424_242)
+        for epoch in train.progress_bar(range(gconfig.epochs), gconfig.epochs, "training g (plain CE)", progress):
+            gen = torch.Generator().manual_seed(train.stream_seed(gconfig.seed, "m2m-g", epoch))
             for group in optimizer.param_groups:
                 group["lr"] = train.learning_rate(gconfig, epoch)
             order = torch.randperm(len(y_all), generator=gen).to(device)
@@ -483,10 +486,6 @@ def _broadcast(model: nn.Module) -> None:
 
 
 # =========================================================================== engine methods
-def _generator(seed: int, epoch: int, rank: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((((seed * 1_000_003 + epoch) * 1_009 + rank) * 100_003 + step) * 11 + 5)
-
-
 @train.register_method
 class M2m(train.Method):
     """M2m joint training (Kim et al., 2020): Syn-LT without the OT term (``lambda1 = 0``).
@@ -499,41 +498,17 @@ class M2m(train.Method):
     """
 
     name = "m2m"
-    default_lambda1 = 0.0
+    Params = M2mParams
 
-    def __init__(self, *, start_epoch: int | None = None, synthesis: bool = True, resample: str = "balanced",
-                 g_run: str | None = None, g_epochs: int | None = None, **synthesis_params: Any) -> None:
-        valid = [f.name for f in dataclasses.fields(SynthesisConfig)]
-        unknown = sorted(set(synthesis_params) - set(valid))
-        if unknown:
-            raise ValueError(f"method {self.name!r}: unknown parameter(s) {unknown}; valid: start_epoch, synthesis, "
-                             f"resample, g_run, g_epochs, {', '.join(valid)}.")
-        synthesis_params.setdefault("lambda1", self.default_lambda1)
-        self.params = SynthesisConfig(**synthesis_params)
-        self._check_lambda1()
-        for name, value in (("start_epoch", start_epoch), ("g_epochs", g_epochs)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name}={value!r} must be a non-negative integer (or None for the default).")
-        if g_epochs == 0:
-            raise ValueError("g_epochs must be >= 1.")
-        if resample not in RESAMPLE:
-            raise ValueError(f"unknown resample {resample!r}; choose one of: {', '.join(RESAMPLE)}.")
-        if not isinstance(synthesis, bool):
-            raise TypeError(f"synthesis must be True or False, got {synthesis!r}.")
-        if g_run is not None and not isinstance(g_run, str):
-            raise TypeError(f"g_run must be a run directory (str) or None, got {type(g_run).__name__}.")
-        self.start_epoch, self.synthesis, self.resample = start_epoch, synthesis, resample
-        self.g_run, self.g_epochs = g_run, g_epochs
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        self.start_epoch, self.synthesis, self.resample, self.g_run = p.start_epoch, p.synthesis, p.resample, p.g_run
         self.g: nn.Module | None = None
         self._g_state: dict | None = None
         self.clouds: ClassClouds | None = None
         self.history: list[dict] = []
-        self._step = 0
         self._totals: Tensor | None = None
-
-    def _check_lambda1(self) -> None:
-        if self.params.lambda1 != 0:
-            raise ValueError("method 'm2m' has no OT term (lambda1 = 0); use method='synlt' for lambda1 > 0.")
 
     # ----------------------------------------------------------------- hooks
     def setup(self, ctx: train.Context) -> None:
@@ -555,7 +530,6 @@ class M2m(train.Method):
         return self.start_epoch is not None and epoch >= self.start_epoch
 
     def epoch_start(self, ctx: train.Context, epoch: int) -> None:
-        self._step = 0
         self._totals = torch.zeros(4 + ctx.data.num_classes, dtype=torch.float64, device=ctx.device)
         if not (self.active(epoch) and self.synthesis):
             return
@@ -567,19 +541,19 @@ class M2m(train.Method):
     def batch(self, ctx: train.Context, batch: train.Batch) -> train.Batch:
         if not self.active(ctx.epoch):
             return batch
-        gen = _generator(ctx.config.seed, ctx.epoch, ctx.rank, self._step)
-        self._step += 1
         if self.resample == "balanced":
-            batch = self._balanced_batch(ctx, len(batch.y), gen)
+            batch = self._balanced_batch(ctx, batch)
         if not self.synthesis:
             return batch
+        # Synthesis works on this rank's batch (slots and seeds are chosen within it, as M2m does per GPU).
+        gen = ctx.generator("m2m-synthesis", ctx.epoch, batch.step, ctx.rank)
         f = ctx.base_model
         phi = f.features if self.params.ot_features == "f" else None  # None: g.features, sharing g's forward
         result = synthesize(batch.x, batch.y, ctx.class_counts, self.g, generator=gen, params=self.params, f=f,
                             phi=phi, clouds=self.clouds, autocast=ctx.autocast)
         self._count(result)
         x, y, index = replace_slots(batch.x, batch.y, result, batch.index)
-        return train.Batch(x=x, y=y, index=index)
+        return dataclasses.replace(batch, x=x, y=y, index=index)
 
     def epoch_end(self, ctx: train.Context, epoch: int) -> None:
         if not (self.active(epoch) and self.synthesis):
@@ -591,8 +565,7 @@ class M2m(train.Method):
                                  mean_confidence=confidence / candidates if candidates else None,
                                  accepted_per_class=[int(v) for v in totals[4:]]))
         if ctx.rank == 0:
-            run_dir = Path(ctx.config.out_dir) / ctx.config.run_name()
-            runs.write_json(run_dir / "synthesis.json", dict(method=self.name, start_epoch=self.start_epoch,
+            runs.write_json(ctx.run_dir / "synthesis.json", dict(method=self.name, start_epoch=self.start_epoch,
                                                              params=dataclasses.asdict(self.params),
                                                              history=self.history))
 
@@ -617,7 +590,7 @@ class M2m(train.Method):
         if self.g_run is not None:
             g = load_classifier(self.g_run, ctx.data, ctx.device)
         else:
-            g = train_classifier(ctx.config, ctx.data, ctx.device, epochs=self.g_epochs,
+            g = train_classifier(ctx.config, ctx.data, ctx.device, epochs=self.params.g_epochs,
                                  progress=ctx.config.progress and ctx.rank == 0)
         _broadcast(g)
         return g
@@ -626,20 +599,22 @@ class M2m(train.Method):
         network = self.g if self.params.ot_features == "g" else ctx.base_model
         was_training = network.training
         network.eval()
-        gen = torch.Generator().manual_seed(ctx.config.seed * 31 + (epoch if self.params.ot_features == "f" else 0))
+        gen = ctx.generator("ot-clouds", epoch if self.params.ot_features == "f" else 0)
         with ctx.autocast():
             clouds = class_clouds(network.features, ctx.train_x, ctx.train_y, ctx.data.num_classes,
                                   max_per_class=self.params.ot_max_real, generator=gen)
         network.train(was_training)
         return clouds
 
-    def _balanced_batch(self, ctx: train.Context, size: int, gen: torch.Generator) -> train.Batch:
-        """A class-balanced draw with replacement (weights 1/n_y), augmented like the engine's batches."""
-        idx = torch.multinomial(self._draw_weights, size, replacement=True, generator=gen).to(ctx.device)
-        x = train.to_unit_float(ctx.train_x[idx])
-        if ctx.config.augment != "none":
-            x = train.augment_batch(x, ctx.config.crop_padding, ctx.config.augment == "crop-flip", gen)
-        return train.Batch(x=x, y=ctx.train_y[idx], index=idx)
+    def _balanced_batch(self, ctx: train.Context, batch: train.Batch) -> train.Batch:
+        """A class-balanced draw with replacement (weights 1/n_y) for the global batch, augmented like the
+        engine's batches; this rank keeps its share."""
+        stream = ("m2m-resample", ctx.epoch, batch.step)
+        positions = torch.multinomial(self._draw_weights, batch.global_size or len(batch.y), replacement=True,
+                                      generator=ctx.generator(*stream, "draw"))
+        idx = ctx.local(positions).to(ctx.device)
+        x = ctx.images(positions, ctx.generator(*stream, "augment"))
+        return dataclasses.replace(batch, x=x, y=ctx.train_y[idx], index=idx)
 
     def _count(self, result: SynthesisResult) -> None:
         t = self._totals
@@ -656,8 +631,4 @@ class SynLT(M2m):
     """Syn-LT as ltkit rebuilds it: M2m + λ1·OT_γ(φ(synthetic c), φ(real c)) (see the module docstring)."""
 
     name = "synlt"
-    default_lambda1 = 0.5
-
-    def _check_lambda1(self) -> None:
-        if self.params.lambda1 <= 0:
-            raise ValueError("method 'synlt' needs lambda1 > 0 (the OT term); lambda1 = 0 is method='m2m'.")
+    Params = SynLTParams
