@@ -559,6 +559,10 @@ def _row(line: str) -> dict | None:
     return row if ok else None
 
 
+def _short(values: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, values[:shown])) + (", ..." if len(values) > shown else "")
+
+
 def read_history(run_dir: str | os.PathLike, strict: bool = True) -> list[dict]:
     """Per-epoch metrics rows (JSON objects with an integer ``epoch``), in file order.
 
@@ -619,8 +623,7 @@ def truncate_history(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
     by_epoch = {row["epoch"]: row for row in read_history(run_dir, strict=False) if 0 <= row["epoch"] <= last_epoch}
     missing = [e for e in range(last_epoch + 1) if e not in by_epoch]
     if missing:
-        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-        raise RecordError(f"{path} lacks the rows of epoch(s) {shown}, which the checkpoint (epoch {last_epoch}) "
+        raise RecordError(f"{path} lacks the rows of epoch(s) {_short(missing)}, which the checkpoint (epoch {last_epoch}) "
                           f"covers: the file was cut or edited; restore it, or retrain the run with {_OVERWRITE}.")
     rows = [by_epoch[e] for e in range(last_epoch + 1)]
     atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
@@ -642,12 +645,19 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     result = read_json(result_path) if result_path.is_file() else None
     if result is not None and not isinstance(result, dict):
         raise RecordError(f"{result_path} is not a JSON object; the record is damaged: retrain it with {_OVERWRITE}.")
+    history = read_history(run_dir)
+    final = result.get("final_epoch") if result else None
+    if isinstance(final, int):  # a finished run has the row of every epoch
+        missing = sorted(set(range(final + 1)) - {row["epoch"] for row in history})
+        if missing:
+            raise RecordError(f"{run_dir / 'history.jsonl'} lacks the rows of epoch(s) {_short(missing)} of this "
+                              f"finished run (the file was cut or edited); restore it, or retrain with {_OVERWRITE}.")
     return dict(
         name=run_dir.name,
         dir=str(run_dir),
         config=meta["config"],
         env=meta.get("env", {}),
-        history=read_history(run_dir),
+        history=history,
         result=result,
     )
 

@@ -34,7 +34,7 @@ def fake_run(run_dir: Path, *, checkpoint: bool = True, result: bool = True, epo
     if checkpoint:
         runs.save_checkpoint(run_dir / "checkpoint.pt", dict(epoch=epochs - 1, model={"w": torch.ones(2)}))
     if result:
-        runs.write_json(run_dir / "result.json", dict(overall=0.5))
+        runs.write_json(run_dir / "result.json", dict(overall=0.5, final_epoch=epochs - 1))
     return run_dir
 
 
@@ -406,6 +406,7 @@ def test_load_runs_skips_damaged_runs_with_a_warning(tmp_path):
         "no-config": lambda d: (d / "config.json").unlink(),
         "bad-result": lambda d: (d / "result.json").write_text('"done"'),
         "bad-history": lambda d: (d / "history.jsonl").write_text('{"epoch": 0}\nnot json\n{"epoch": 2}\n'),
+        "cut-history": lambda d: (d / "history.jsonl").write_text('{"epoch": 0}\n{"epoch": 1}\n{"epo'),
     }
     for name, damage_it in damage.items():
         damage_it(fake_run(root / name))
