@@ -719,6 +719,11 @@ def _accepted_params(cls: type[LTLoss]) -> dict[str, Any]:
     }
 
 
+def loss_params(name: str) -> dict[str, Any]:
+    """The keyword parameters the loss called ``name`` accepts (``loss_params``), with their defaults."""
+    return _accepted_params(_REGISTRY[checks.choice("loss", name, LOSS_NAMES)])
+
+
 def make_loss(name: str, class_counts: Counts, **params: Any) -> LTLoss:
     """Build the loss called ``name`` (one of ``LOSS_NAMES``) from the training class counts.
 

@@ -28,6 +28,8 @@ Models:
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Sequence
 
 import torch
@@ -374,6 +376,15 @@ def make_model(name: str, num_classes: int, *, in_channels: int | None = None,
         return (SmallCNN if name == "small-cnn" else MLP)(num_classes, cosine_head=cosine_head, **kwargs)
     arch = {"resnet50": "resnet50", "resnext50": "resnext50_32x4d"}[name]
     return TorchvisionNet(arch, num_classes, cosine_head=cosine_head, **kwargs)
+
+
+def model_params(name: str) -> list[str]:
+    """The keyword parameters ``make_model(name, ...)`` accepts (``model_params`` of a config)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    cls = {"resnet32": ResNet32, "small-cnn": SmallCNN, "mlp": MLP}.get(name, TorchvisionNet)
+    own = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "arch")]
+    return sorted({*own, "in_channels", "image_size", "cosine_head"})
 
 
 def count_parameters(model: nn.Module) -> int:

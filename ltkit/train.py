@@ -63,6 +63,7 @@ Register a method with :func:`register_method`; configs name it by string.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import zlib
@@ -171,48 +172,59 @@ def preset(preset_name: str = "digits-lt", /, **overrides: Any) -> TrainConfig:
 
 
 def make_config(**fields_: Any) -> TrainConfig:
-    """A validated :class:`TrainConfig`: unknown fields and wrong types are clear errors."""
+    """A validated :class:`TrainConfig`: unknown fields, wrong types and bad values are one clear error."""
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(fields_) - set(known))
     if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(known)}.")
+        raise checks.InputError(f"unknown config field(s) {unknown}; valid fields: {', '.join(known)}.")
     config = TrainConfig(**fields_)
     validate(config)
     return config
 
 
-def _type_ok(value: Any, annotation: str) -> bool:
-    allowed = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,), "list": (list, tuple)}
-    options = [a.strip() for a in annotation.split("|")]
-    if value is None:
-        return "None" in options
-    for option in options:
-        types = allowed.get(option, ())
-        if isinstance(value, types) and not (isinstance(value, bool) and option in ("int", "float")):
-            return True
-    return False
+_CHOICES = dict(schedule=("step", "cosine"), augment=("crop-flip", "crop", "none"), device=("auto", "cpu", "cuda"),
+                if_exists=runs.IF_EXISTS, subset=("shuffle", "first"))
+_AT_LEAST_ONE = ("epochs", "batch_size", "eval_every", "checkpoint_every", "image_size")
+_AT_LEAST_ZERO = ("warmup_epochs", "crop_padding", "num_workers", "seed", "data_seed", "many", "few")
 
 
 def validate(config: TrainConfig) -> None:
-    """Type- and range-check a config, naming the field and the fix."""
+    """Check every field's type and range before anything is written: one error naming the field and the fix."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if not _type_ok(value, str(f.type)):
-            raise TypeError(f"config field {f.name!r} expects {f.type}, got {type(value).__name__} {value!r}.")
+        if not checks.type_ok(value, str(f.type)):
+            raise checks.InputTypeError(f"config field {f.name!r} expects {f.type}, got {type(value).__name__} "
+                                        f"{value!r}.")
     choices = dict(dataset=ltdata.DATASETS, model=models.MODEL_NAMES, loss=losses.LOSS_NAMES,
-                   sampler=sampling.SAMPLER_KINDS, method=tuple(method_names()), schedule=("step", "cosine"),
-                   augment=("crop-flip", "crop", "none"), device=("auto", "cpu", "cuda"), if_exists=runs.IF_EXISTS,
-                   subset=("shuffle", "first"))
+                   sampler=sampling.SAMPLER_KINDS, method=tuple(method_names()), **_CHOICES)
     for name, valid in choices.items():
-        if getattr(config, name) not in valid:
-            raise ValueError(f"unknown {name} {getattr(config, name)!r}; choose one of: {', '.join(valid)}.")
-    for name in ("epochs", "batch_size", "eval_every", "checkpoint_every"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name}={getattr(config, name)} must be >= 1.")
-    if config.lr <= 0 or config.weight_decay < 0 or not 0 <= config.momentum < 1:
-        raise ValueError("need lr > 0, weight_decay >= 0 and momentum in [0, 1).")
-    if config.warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs={config.warmup_epochs} must be >= 0 (0 = no warm-up).")
+        checks.choice(name, getattr(config, name), valid)
+    for name in _AT_LEAST_ONE:
+        checks.integer(name, getattr(config, name), low=1)
+    for name in _AT_LEAST_ZERO:
+        checks.integer(name, getattr(config, name), low=0)
+    checks.real("lr", config.lr, low=0, low_open=True, hint="0.05 for the bundled sets, 0.1 for CIFAR-LT")
+    checks.real("weight_decay", config.weight_decay, low=0)
+    checks.real("momentum", config.momentum, low=0, high=1, high_open=True)
+    checks.real("step_gamma", config.step_gamma, low=0, low_open=True, high=1)
+    if config.imbalance_factor is not None:
+        checks.real("imbalance_factor", config.imbalance_factor, low=1, hint="n_max / n_min; 1 is balanced")
+    for i, milestone in enumerate(config.milestones):
+        checks.integer(f"milestones[{i}]", milestone, low=0, hint="epochs at which the learning rate steps down")
+    if config.few > config.many:
+        raise checks.InputError(f"few={config.few} > many={config.many}: the few-shot threshold must not exceed the "
+                                "many-shot one (the papers use many=100, few=20).")
+    _check_keys("loss_params", config.loss_params, losses.loss_params(config.loss), f"loss {config.loss!r}")
+    _check_keys("model_params", config.model_params, models.model_params(config.model), f"model {config.model!r}")
+    _check_keys("sampler_params", config.sampler_params, ("r", "beta"), f"sampler {config.sampler!r}")
+    checks.build_params(method_class(config.method).Params, config.method_params, f"method {config.method!r}")
+
+
+def _check_keys(field_name: str, params: dict, accepted: Any, owner: str) -> None:
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise checks.InputError(f"{field_name} has unknown key(s) {unknown} for {owner}; accepted: "
+                                f"{', '.join(sorted(accepted)) or 'none'}.")
 
 
 # =========================================================================== methods
@@ -279,7 +291,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def _load_methods() -> None:
     """Import :mod:`ltkit.methods`, whose modules register the kit's methods (once; cheap afterwards)."""
-    import ltkit.methods  # noqa: F401
+    importlib.import_module("ltkit.methods")
 
 
 def method_names() -> list[str]:
