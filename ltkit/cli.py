@@ -16,14 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import train
+from . import checks, train
 
 
 def _parse_value(text: str, annotation: str) -> Any:
     if text == "None" and "None" in annotation:
         return None
     if annotation.startswith(("dict", "list")):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise argparse.ArgumentTypeError(f"expected JSON ({annotation}), got {text!r}") from None
     if annotation.startswith("bool"):
         if text.lower() not in ("true", "false", "1", "0"):
             raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="digits-lt", help=f"one of: {', '.join(train.PRESETS)} (default digits-lt)")
     parser.add_argument("--resume", action="store_true", help="continue (or reuse) the run of the same name")
     parser.add_argument("--config-json", help="a JSON file of TrainConfig fields (used by ltkit.launch)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     for f in dataclasses.fields(train.TrainConfig):
         annotation = str(f.type)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
@@ -53,24 +57,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The errors ltkit can explain in one line: its own, bad input, and data / file-system problems.
+EXPLAINED = (checks.LtkitError, ValueError, TypeError, OSError, RuntimeError)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = vars(build_parser().parse_args(argv))
-    base = train.PRESETS.get(args.pop("preset"), None)
-    if base is None:
-        raise SystemExit(f"unknown preset; choose one of: {', '.join(train.PRESETS)}")
-    if path := args.pop("config_json", None):
-        base = {**base, **json.loads(Path(path).read_text())}
-    if args.pop("resume"):
-        args["if_exists"] = "resume"
+    """Parse, train, print the result as one JSON line; an error prints one line and exits with status 2."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    debug = args.pop("debug")
     try:
-        record = train.fit(train.make_config(**{**base, **args}))
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"ltkit.train: error: {err}", file=sys.stderr)
+        record = train.fit(_config(args))
+    except EXPLAINED as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"ltkit.train: error: {message} (--debug shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
     if int(os.environ.get("RANK", "0")) == 0:
         r = record["result"]
         print(json.dumps(dict(run=record["dir"], **{k: r[k] for k in ("overall", "many", "medium", "few", "worst")})))
     return record
+
+
+def _config(args: dict[str, Any]) -> train.TrainConfig:
+    """The preset, then the --config-json file, then the options given (later wins)."""
+    name = args.pop("preset")
+    base = dict(train.PRESETS[checks.choice("preset", name, train.PRESETS)])
+    if path := args.pop("config_json", None):
+        base.update(_read_config_json(Path(path)))
+    if args.pop("resume"):
+        args["if_exists"] = "resume"
+    return train.make_config(**{**base, **args})
+
+
+def _read_config_json(path: Path) -> dict:
+    try:
+        fields = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise checks.InputError(f"--config-json {path}: no such file.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise checks.InputError(f"--config-json {path} is not valid JSON ({err}); write an object of TrainConfig "
+                                "fields, e.g. {\"loss\": \"bs\", \"epochs\": 10}.") from None
+    if not isinstance(fields, dict):
+        raise checks.InputError(f"--config-json {path} holds a {type(fields).__name__}; it must be a JSON object of "
+                                "TrainConfig fields.")
+    return fields
 
 
 if __name__ == "__main__":

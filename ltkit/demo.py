@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import launch, plots, profiles  # noqa: E402
+from . import launch, plots, profiles, runs  # noqa: E402
 from .data import load_digits_lt  # noqa: E402
 
 # The presets train 30 epochs; deferred re-weighting starts at 24 (160 of 200 in the paper, the same 80 %).
@@ -51,14 +51,14 @@ FEEDBACK_FILL = "loss"  # the committed fill of the leaderboard: the criterion n
 def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, launch.Overrides]:
     """``{label: overrides}`` of every method of the kit on ``dataset`` (runs under ``runs_dir``).
 
-    Syn-LT's overrides are a function of the seed: its ``g`` is ``runs_dir/CE-s<seed>``,
+    Syn-LT's overrides are a function of the seed: its ``g`` is ``runs_dir/ce-s<seed>``,
     so train ``CE`` first (:func:`train_leaderboard` does).
     """
     from .methods import feedback, synlt
 
     def syn_lt(seed: int) -> dict:
         return dict(loss="ce", method="synlt",
-                    method_params={**synlt.QUICK_PARAMS, "g_run": str(Path(runs_dir) / f"CE-s{seed}")})
+                    method_params={**synlt.QUICK_PARAMS, "g_run": str(Path(runs_dir) / f"{runs.safe_name('CE')}-s{seed}")})
 
     methods: dict[str, launch.Overrides] = {
         **LOSS_BASELINES,

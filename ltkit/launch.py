@@ -72,7 +72,8 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
              nproc: int = 1, workers: int = 1, progress: bool = True, **common: Any) -> dict[str, list[dict]]:
     """Train every named configuration (``{label: overrides}``) for every seed.
 
-    Runs are named ``<label>-s<seed>`` and reused when they already exist with
+    Runs are named ``<safe label>-s<seed>`` (``"BS + CMO"`` -> ``bs-cmo-s0``; the label itself is
+    stored in the config for tables and plots) and reused when they already exist with
     the same config (``if_exists='resume'``), so re-running a cell costs nothing.
     ``overrides`` may be a function of the seed (``lambda seed: {...}``), e.g. to
     point a method at the baseline run of the same seed.  ``workers > 1`` trains
@@ -88,7 +89,8 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     if workers > 1 and nproc > 1:
         raise ValueError("workers > 1 runs single-process runs side by side; with nproc > 1 use workers=1.")
     jobs = [(label, seed, _config(base, {"if_exists": "resume", "progress": False, **common,
-                                         **_overrides(methods[label], seed), "seed": seed, "name": f"{label}-s{seed}"}))
+                                         **_overrides(methods[label], seed), "seed": seed, "name": f"{runs.safe_name(label)}-s{seed}",
+                                         "label": label}))
             for label in methods for seed in seeds]  # every config is checked before the first run starts
     bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
     done: dict[tuple[str, int], dict] = {}

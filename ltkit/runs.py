@@ -534,7 +534,7 @@ def _claim(run_dir: Path, config: dict, if_exists: str, defaults: dict) -> str:
     return "finished" if finished else "resume"
 
 
-_VOLATILE = {"if_exists", "progress", "out_dir", "name", "num_workers", "device", "threads"}
+_VOLATILE = {"if_exists", "progress", "out_dir", "name", "label", "num_workers", "device", "threads"}
 
 
 # =========================================================================== reading records

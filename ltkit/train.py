@@ -97,6 +97,7 @@ class TrainConfig:
     crop_padding: int = 4
     image_size: int = 224  # split-file data sets only
     num_workers: int = 4  # split-file data sets only
+    verify_checksums: bool = False  # CIFAR: check the pickles' md5 sums (torchvision's) before unpickling
     # model and loss
     model: str = "resnet32"
     model_params: dict = field(default_factory=dict)
@@ -132,7 +133,8 @@ class TrainConfig:
     deterministic: bool = True
     progress: bool = True
     out_dir: str = "runs"
-    name: str | None = None  # default: <dataset>-<loss>[-<method>]-s<seed>
+    name: str | None = None  # the run's folder in out_dir; default: <dataset>-<loss>[-<method>]-s<seed>
+    label: str | None = None  # a human label for tables and plots ("BS + CMO"); default: the name
     if_exists: str = "error"  # "error", "resume", "overwrite"
     checkpoint_every: int = 1
 
@@ -211,6 +213,11 @@ def validate(config: TrainConfig) -> None:
         checks.real("imbalance_factor", config.imbalance_factor, low=1, hint="n_max / n_min; 1 is balanced")
     for i, milestone in enumerate(config.milestones):
         checks.integer(f"milestones[{i}]", milestone, low=0, hint="epochs at which the learning rate steps down")
+    if config.name is not None:
+        runs.check_run_name(config.name)
+    if config.imbalance_factor is not None and config.dataset not in (*ltdata.BUNDLED, "cifar10-lt", "cifar100-lt"):
+        raise checks.InputError(f"imbalance_factor applies to the bundled data sets and CIFAR-LT; {config.dataset!r} "
+                                "has its own fixed split files: leave imbalance_factor=None.")
     if config.few > config.many:
         raise checks.InputError(f"few={config.few} > many={config.many}: the few-shot threshold must not exceed the "
                                 "many-shot one (the papers use many=100, few=20).")
@@ -680,7 +687,7 @@ def load_data(config: TrainConfig):
     if config.dataset in ltdata.BUNDLED:
         return ltdata.load_bundled(config.dataset, seed=config.data_seed, **kwargs)
     if config.dataset in ("cifar10-lt", "cifar100-lt"):
-        kwargs.update(subset=config.subset, seed=config.data_seed)
+        kwargs.update(subset=config.subset, seed=config.data_seed, verify_checksums=config.verify_checksums)
     return ltdata.load_dataset(config.dataset, root=config.data_root, **kwargs)
 
 
@@ -744,7 +751,7 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     device = resolve_device(config, local_rank)
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is the global batch: it must be divisible by the {world} processes.")
-    run_dir = Path(config.out_dir) / config.run_name()
+    run_dir = runs.run_path(config.out_dir, config.run_name())
     status = _prepare(run_dir, config, rank)
     if status == "finished":
         return runs.load_run(run_dir)
@@ -860,10 +867,27 @@ def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
     method.epoch_end(ctx, epoch)
     totals = all_reduce_sum(torch.stack([loss_sum, seen]))
     train_loss = float(totals[0] / totals[1])
-    if not math.isfinite(train_loss):
-        raise FloatingPointError(f"epoch {epoch}: the training loss is {train_loss}; lower lr (now {lr:g}) or check the data.")
+    _check_divergence(ctx, epoch, train_loss, lr)
     return dict(epoch=epoch, lr=lr, train_loss=train_loss, time_s=round(time.perf_counter() - started, 4),
                 images=int(totals[1]))
+
+
+class DivergedError(checks.LtkitError, FloatingPointError):
+    """The training loss became non-finite or exploded: the run stops, its last good checkpoint is kept."""
+
+
+def divergence_bound(num_classes: int) -> float:
+    """The largest believable mean training loss: 100 ln C (a fresh classifier's cross-entropy is ln C)."""
+    return 100 * math.log(max(num_classes, 2))
+
+
+def _check_divergence(ctx: Context, epoch: int, train_loss: float, lr: float) -> None:
+    bound = divergence_bound(ctx.data.num_classes)
+    if not math.isfinite(train_loss) or train_loss > bound:
+        kept = "the last good checkpoint is kept; " if (ctx.run_dir and (ctx.run_dir / "checkpoint.pt").is_file()) else ""
+        raise DivergedError(f"epoch {epoch}: the training loss is {train_loss:.4g} (above {bound:.0f} = 100 ln C, or "
+                            f"not finite): training diverged. {kept}lower lr (now {lr:g}) or check the data, then start "
+                            "again with if_exists='overwrite'.")
 
 
 def _checkpoint(path: Path, ctx: Context, method: Method, epoch: int) -> None:

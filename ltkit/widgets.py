@@ -71,7 +71,8 @@ SORT_CHOICES = ("as listed", "name", *GROUP_KEYS)
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 HISTORY_PREFERRED = ("overall", "few", "medium", "many", "worst", "train_loss", "lr")
 # config fields that do not make two runs different methods
-CONFIG_IGNORED = frozenset({"seed", "name", "out_dir", "if_exists", "progress", "device", "num_workers", "data_root"})
+CONFIG_IGNORED = frozenset({"seed", "name", "label", "out_dir", "if_exists", "progress", "device", "num_workers",
+                            "data_root"})
 _SEED_SUFFIX = re.compile(r"-s\d+$")
 
 
@@ -201,7 +202,7 @@ def collect_runs(source: Any) -> tuple[list[Run], list[str]]:
             problems.append(f"run <b>{html.escape(str(name))}</b> left out: {html.escape(problem)}.")
             continue
         run = Run(record, label or "")
-        run.label = run.label or method_label(run.name)
+        run.label = run.label or run.config.get("label") or method_label(run.name)
         loaded.append(run)
     return loaded, problems
 

@@ -218,7 +218,7 @@ def test_leaderboard_has_every_idea_of_the_kit():
     context = demo.leaderboard_methods("context-digits-lt", "r")
     assert set(demo.LOSS_BASELINES) < set(context) and set(digits) - set(context) == {"BS + feedback fill (loss)"}
     syn_lt = digits["Syn-LT"](2)
-    assert syn_lt["method"] == "synlt" and syn_lt["method_params"]["g_run"] == str(Path("r") / "CE-s2")
+    assert syn_lt["method"] == "synlt" and syn_lt["method_params"]["g_run"] == str(Path("r") / "ce-s2")
     assert Path(digits["BS + feedback fill (loss)"]["method_params"]["synthetic"]).is_file()
 
 
