@@ -169,10 +169,16 @@ class PackReport:
     runs: list[str]
     unfinished: list[str]
     bytes: int
+    absolute: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def message(self) -> str:
         lines = [f"packed {len(self.runs)} finished runs ({self.files} files) into {self.archive} "
                  f"({format_size(self.bytes)})"]
+        if self.absolute:
+            run, paths = next(iter(self.absolute.items()))
+            lines.append(f"warning: {len(self.absolute)} runs store absolute paths in their config (e.g. {run}: "
+                         f"{paths[0]}); where those paths differ (another machine, the kit installed elsewhere) "
+                         "such a run is refused as 'config differs' instead of being reused")
         if self.unfinished:
             lines.append(f"left out {len(self.unfinished)} unfinished runs (no result.json; --include-unfinished "
                          f"packs them): {', '.join(self.unfinished[:5])}{' ...' if len(self.unfinished) > 5 else ''}")
@@ -213,11 +219,50 @@ def pack_runs(archive: str | os.PathLike = DEFAULT_RUNS_ARCHIVE, base: str | os.
                     info.uname = info.gname = ""
                     with open(base / rel, "rb") as src:
                         tar.addfile(info, src)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; an archive is for sharing
         os.replace(tmp, archive)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return PackReport(archive, len(tree.files), tree.runs, tree.unfinished, archive.stat().st_size)
+    return PackReport(archive, len(tree.files), tree.runs, tree.unfinished, archive.stat().st_size,
+                      absolute_path_runs(base, tree.runs))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _absolute_paths(value: object) -> Iterator[str]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _absolute_paths(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _absolute_paths(v)
+    elif isinstance(value, str) and (value.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", value)):
+        yield value
+
+
+def absolute_path_runs(base: str | os.PathLike, run_dirs: Sequence[str]) -> dict[str, list[str]]:
+    """``{run folder: absolute paths in its config}``: such runs are not reused on another machine.
+
+    ``launch.run_grid`` / ``fit(if_exists='resume')`` reuse a run whose stored
+    config equals the new one; a path of the packing machine (a data root, the
+    kit's own files under site-packages) differs on a laptop, so the run is
+    refused there ("its config differs") instead of being reused.
+    """
+    out = {}
+    for run in run_dirs:
+        try:
+            config = json.loads((Path(base) / run / RUN_RECORD).read_text()).get("config", {})
+        except (OSError, ValueError):
+            continue
+        paths = sorted(set(_absolute_paths(config)))
+        if paths:
+            out[run] = paths
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -734,9 +779,15 @@ def wheel_name_version(wheel: str | os.PathLike) -> tuple[str, str]:
 def torch_wheels(torch_dir: str | os.PathLike) -> list[Path]:
     """The torch / torchvision wheels in a folder (e.g. CPU-only ones from download.pytorch.org/whl/cpu)."""
     found = [p for p in sorted(Path(torch_dir).glob("*.whl")) if wheel_name_version(p)[0] in TORCH_PACKAGES]
-    if not any(wheel_name_version(p)[0] == "torch" for p in found):
-        raise RoomError(f"no torch wheel in {torch_dir}: download one first, e.g. `pip download torch torchvision "
-                        "--no-deps --index-url https://download.pytorch.org/whl/cpu -d DIR` (see docs/INSTALL.md)")
+    names = {wheel_name_version(p)[0] for p in found}
+    hint = ("download both from the same index, e.g. `pip download torch==2.14.1 torchvision==0.29.1 --no-deps "
+            "--only-binary=:all: --index-url https://download.pytorch.org/whl/cpu -d DIR` (see docs/INSTALL.md)")
+    if "torch" not in names:
+        raise RoomError(f"no torch wheel in {torch_dir}: {hint}")
+    if "torchvision" not in names:
+        raise RoomError(f"no torchvision wheel in {torch_dir}: torchvision must be built for the same torch (PyPI's "
+                        "Linux torchvision, built for the CUDA torch, fails to import with a CPU-only torch: "
+                        f"'operator torchvision::nms does not exist'); {hint}")
     return found
 
 
@@ -953,7 +1004,10 @@ class InstallReport:
                  f"notebooks: {self.notebooks_copied} copied to {self.dest / NOTEBOOKS}"
                  + (f", {self.notebooks_kept} already there kept" if self.notebooks_kept else "")]
         lines.append(self.runs.message() if self.runs else "no pre-built runs in this room kit: the notebooks train theirs")
-        lines.append(f"start:  cd {self.dest}  and  {self.python} -m ltkit lab")
+        python = self.python
+        if python.is_absolute() == self.dest.is_absolute() and python.is_relative_to(self.dest):
+            python = python.relative_to(self.dest)
+        lines.append(f"start:  cd {self.dest}  and  {python} -m ltkit lab")
         return "\n".join(lines)
 
 
@@ -1015,11 +1069,20 @@ def install_room(room: str | os.PathLike, dest: str | os.PathLike = DEFAULT_WORK
     return InstallReport(dest, python, copied, kept, runs_report, seconds)
 
 
-def launch(cmd: Sequence[str], *, cwd: str | os.PathLike | None = None) -> int:
-    """Run a command in the foreground and return its exit status (Ctrl-C stops it, not us with a traceback)."""
+def launch(cmd: Sequence[str]) -> int:
+    """Run a command in the foreground and return its exit status.
+
+    On POSIX the command replaces this process (``os.execv``): Ctrl-C, a
+    ``kill`` or a container's stop reach JupyterLab / pytest directly and no
+    wrapper is left behind.  On Windows it runs as a child process.
+    """
     log("$ " + " ".join(cmd))
+    if os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(cmd[0], list(cmd))
     try:
-        return subprocess.call(list(cmd), cwd=cwd)
+        return subprocess.call(list(cmd))
     except KeyboardInterrupt:
         return 130
 

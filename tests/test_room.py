@@ -338,6 +338,27 @@ def test_download_commands_for_pypi_no_torch_and_cpu_torch_wheels(tmp_path: Path
                         f"ltkit @ {kit.resolve().as_uri()}"]
     with pytest.raises(room.RoomError, match="no torch wheel"):
         room.download_commands(kit, tmp_path / "w", torch=tmp_path / "w")
+    (torch_dir / "torchvision-0.28.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").unlink()
+    with pytest.raises(room.RoomError, match="no torchvision wheel .* torchvision::nms"):
+        room.download_commands(kit, tmp_path / "w", torch=torch_dir)
+
+
+def test_a_manylinux_target_accepts_the_older_manylinux_wheels():
+    platforms = room.expand_platform("manylinux_2_28_x86_64")
+    assert platforms[0] == "manylinux_2_28_x86_64" and platforms[-1] == "manylinux1_x86_64"
+    assert {"manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux2010_x86_64"} <= set(platforms)
+    assert room.expand_platform("win_amd64") == ["win_amd64"]
+    args = room.Target("manylinux_2_28_aarch64", "3.11").pip_args()
+    assert args.count("--platform") == 27 and args[-2:] == ["--python-version", "3.11"]
+
+
+def test_pack_runs_warns_about_runs_that_store_absolute_paths(project: Path, tmp_path: Path):
+    run = project / "runs/leaderboard/digits-lt/CE-s1/config.json"
+    run.write_text(json.dumps({"config": {"method_params": {"synthetic": "/home/me/ltkit/checkpoints/s.pt"}}}))
+    report = room.pack_runs(tmp_path / "r.tar.gz", project)
+    assert report.absolute == {"runs/leaderboard/digits-lt/CE-s1": ["/home/me/ltkit/checkpoints/s.pt"]}
+    assert "warning: 1 runs store absolute paths" in report.message()
+    assert stat.S_IMODE((tmp_path / "r.tar.gz").stat().st_mode) == 0o666 & ~room._umask()  # not mkstemp's 0600
 
 
 def _dependency_view(tmp_path: Path) -> Path:
