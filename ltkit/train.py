@@ -66,6 +66,7 @@ import dataclasses
 import importlib
 import math
 import os
+import socket
 import zlib
 import time
 from dataclasses import dataclass, field
@@ -122,6 +123,8 @@ class TrainConfig:
     many: int = 100
     few: int = 20
     eval_every: int = 1  # test-set metrics every k epochs (and always at the last)
+    max_steps: int | None = None  # stop after this many optimiser steps (a rehearsal); None: train every epoch
+    max_test_images: int | None = None  # evaluate on this many test images (a fixed subset; a rehearsal); None: all
     # system
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
@@ -130,6 +133,7 @@ class TrainConfig:
     cpu_amp: bool = False  # bf16 autocast on CPU too (with amp; fast on CPUs with AVX512-BF16 / AMX)
     channels_last: bool = True  # on GPU
     compile: bool = False
+    sync_bn: bool | None = None  # synchronised batch norm across processes; None: on when world size > 1
     deterministic: bool = True
     progress: bool = True
     out_dir: str = "runs"
@@ -161,6 +165,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Split-file data sets: ResNet-50 (CMO's ImageNet-LT setting: 100 epochs, ×0.1 at 60 and 80, batch 256).
     "imagenet-lt": dict(dataset="imagenet-lt", data_root="data/ImageNet_LT", model="resnet50", epochs=100,
                         batch_size=256, weight_decay=5e-4, warmup_epochs=0, milestones=[60, 80], step_gamma=0.1),
+    # iNaturalist 2018: the notes and CMO's paper give no separate recipe; ltkit's choice is the ImageNet-LT one
+    # above with weight decay 1e-4, as in the Balanced Softmax / RIDE iNaturalist configs.
+    "inat2018": dict(dataset="inat2018", data_root="data/iNaturalist18", model="resnet50", epochs=100,
+                     batch_size=256, weight_decay=1e-4, warmup_epochs=0, milestones=[60, 80], step_gamma=0.1),
     "places-lt": dict(dataset="places-lt", data_root="data/Places_LT", model="resnet50", epochs=30,
                       batch_size=256, lr=0.01, weight_decay=5e-4, warmup_epochs=0, schedule="cosine", milestones=[]),
 }
@@ -187,6 +195,7 @@ def make_config(**fields_: Any) -> TrainConfig:
 _CHOICES = dict(schedule=("step", "cosine"), augment=("crop-flip", "crop", "none"), device=("auto", "cpu", "cuda"),
                 if_exists=runs.IF_EXISTS, subset=("shuffle", "first"))
 _AT_LEAST_ONE = ("epochs", "batch_size", "eval_every", "checkpoint_every", "image_size")
+_OPTIONAL_AT_LEAST_ONE = ("max_steps", "max_test_images")
 _AT_LEAST_ZERO = ("warmup_epochs", "crop_padding", "num_workers", "seed", "data_seed", "many", "few")
 
 
@@ -205,6 +214,9 @@ def validate(config: TrainConfig) -> None:
         checks.integer(name, getattr(config, name), low=1)
     for name in _AT_LEAST_ZERO:
         checks.integer(name, getattr(config, name), low=0)
+    for name in _OPTIONAL_AT_LEAST_ONE:
+        if getattr(config, name) is not None:
+            checks.integer(name, getattr(config, name), low=1, hint="None: no limit")
     checks.real("lr", config.lr, low=0, low_open=True, hint="0.05 for the bundled sets, 0.1 for CIFAR-LT")
     checks.real("weight_decay", config.weight_decay, low=0)
     checks.real("momentum", config.momentum, low=0, high=1, high_open=True)
@@ -370,12 +382,30 @@ class Context:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def mixed_loss(self, logits: Tensor, batch: Batch) -> Tensor:
-        """``lam·L(logits, y) + (1 - lam)·L(logits, y2)`` (just ``L(logits, y)`` without y2)."""
+        """``lam·L(logits, y) + (1 - lam)·L(logits, y2)`` (just ``L(logits, y)`` without y2), over the global batch."""
         logits = logits.float()
-        value = self.loss_fn(logits, batch.y)
+        value = self.loss(self.loss_fn, logits, batch.y)
         if batch.y2 is not None and batch.lam < 1:
-            value = batch.lam * value + (1 - batch.lam) * self.loss_fn(logits, batch.y2)
+            value = batch.lam * value + (1 - batch.lam) * self.loss(self.loss_fn, logits, batch.y2)
         return value
+
+    def loss(self, loss_fn: losses.LTLoss, logits: Tensor, targets: Tensor) -> Tensor:
+        """``loss_fn`` as the mean over the *global* batch, whatever this rank's share (see :meth:`reduce`)."""
+        return self.reduce(*loss_fn.reduction_parts(logits.float(), targets))
+
+    def reduce(self, numerator: Tensor, denominator: Tensor) -> Tensor:
+        """This rank's part of ``sum_r numerator_r / sum_r denominator_r``, scaled for DDP's gradient average.
+
+        One process: ``numerator / denominator``.  ``W`` processes: the denominators
+        are all-reduced (one small all-reduce per step) and the value is multiplied
+        by ``W``, because DDP averages the ranks' gradients: the update is then the
+        single-process one on the global batch, for weighted losses too (a
+        class-weighted mean divides by the global batch's sum of weights).
+        """
+        if self.world_size == 1:
+            return numerator / denominator
+        total = all_reduce_sum(denominator.detach().clone())
+        return numerator * self.world_size / total
 
     # ------------------------------------------------------------------ services for methods
     def generator(self, *stream: int | str) -> torch.Generator:
@@ -635,20 +665,29 @@ def evaluate_test_set(ctx: Context) -> dict:
     model.train()
     result = metrics.evaluate(confusion.cpu(), ctx.class_counts, ctx.config.many, ctx.config.few)
     result["confusion"] = confusion.cpu().tolist()
+    result["test_images"] = int(confusion.sum())
     return result
+
+
+def test_positions(config: TrainConfig, n: int, rank: int = 0, world: int = 1) -> Tensor:
+    """This rank's test images: every ``world``-th of all ``n``, or of a fixed random subset of ``max_test_images``."""
+    positions = torch.arange(n)
+    if config.max_test_images is not None and config.max_test_images < n:
+        positions = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:config.max_test_images].sort().values
+    return positions[rank::world]
 
 
 def _test_batches(ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
     if isinstance(ctx.data, ltdata.TensorData):
         if ctx.test_x is None:  # this rank's shard of the test set, moved to the device once
-            positions = torch.arange(ctx.rank, len(ctx.data.y_test), ctx.world_size)
+            positions = test_positions(ctx.config, len(ctx.data.y_test), ctx.rank, ctx.world_size)
             ctx.test_x, ctx.test_y = ctx.data.x_test[positions].to(ctx.device), ctx.data.y_test[positions].to(ctx.device)
         for start in range(0, len(ctx.test_y), 1024):
             yield to_unit_float(ctx.test_x[start:start + 1024]), ctx.test_y[start:start + 1024]
         return
     dataset = ctx.data.test
     dataset.transform = file_transforms(ctx.config, train=False)
-    mine = list(range(ctx.rank, len(dataset), ctx.world_size))
+    mine = test_positions(ctx.config, len(dataset), ctx.rank, ctx.world_size).tolist()
     step = ctx.config.batch_size
     keys = [[(0, i) for i in mine[start:start + step]] for start in range(0, len(mine), step)]
     for x, y in _keyed_loader(ctx, dataset, keys):
@@ -789,38 +828,113 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
         start_epoch = _restore(run_dir / "checkpoint.pt", ctx, method)
         if rank == 0:
             runs.truncate_history(run_dir, start_epoch - 1)
+    sync_bn = use_sync_bn(config, ctx.model, world)
+    if sync_bn:
+        ctx.model = convert_sync_bn(ctx.model, device)
     model = ctx.model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     if config.compile:
         model = torch.compile(model)
     ctx.model = model
+    env = {**runs.environment(device, world), **distributed_facts(device, world, sync_bn)}
     if rank == 0:
-        runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=runs.environment(device, world),
-                                                      class_counts=counts, classes=data.classes,
-                                                      data_info=getattr(data, "info", {})))
+        runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env, class_counts=counts,
+                                                      classes=data.classes, data_info=getattr(data, "info", {})))
+    return _train_epochs(ctx, method, start_epoch, history)
+
+
+def _train_epochs(ctx: Context, method: Method, start_epoch: int, history: list[dict]) -> dict:
+    """The epoch loop: train, evaluate when due, append history, checkpoint; then the final result."""
+    config, rank, run_dir = ctx.config, ctx.rank, ctx.run_dir
     started = time.time()
     result = None
     epochs = range(start_epoch, config.epochs)
     for epoch in progress_bar(epochs, len(epochs), config.run_name(), config.progress and rank == 0):
         row = _train_epoch(ctx, method, epoch)
-        last = epoch == config.epochs - 1
+        last = epoch == config.epochs - 1 or row.get("stopped_at_step") is not None
         if last or (epoch + 1) % config.eval_every == 0:
+            evaluated = time.perf_counter()
             result = evaluate_test_set(ctx)
-            row.update({k: result[k] for k in ("overall", "many", "medium", "few", "worst")})
+            row.update({k: result[k] for k in ("overall", "many", "medium", "few", "worst")},
+                       eval_s=round(time.perf_counter() - evaluated, 4))
         history.append(row)
         if rank == 0:
             runs.append_history(run_dir, row)
             if last or (epoch + 1) % config.checkpoint_every == 0:
                 _checkpoint(run_dir / "checkpoint.pt", ctx, method, epoch)
+        if last:
+            break
     if result is None:  # nothing left to train (resumed after the last epoch was checkpointed)
         result = evaluate_test_set(ctx)
-    result.update(class_counts=counts, epochs=config.epochs, final_epoch=config.epochs - 1,
-                  wall_time_s=round(time.time() - started, 3), world_size=world)
+    final = history[-1]["epoch"] if history else config.epochs - 1
+    result.update(class_counts=ctx.class_counts, epochs=config.epochs, final_epoch=final,
+                  wall_time_s=round(time.time() - started, 3), world_size=ctx.world_size)
+    if history and history[-1].get("stopped_at_step") is not None:
+        result["stopped_at_step"] = history[-1]["stopped_at_step"]  # a rehearsal (max_steps): not a final result
     if rank == 0:
         runs.write_json(run_dir / "result.json", result)
     _barrier()
     return runs.load_run(run_dir)
+
+
+# =========================================================================== batch norm and facts
+def use_sync_bn(config: TrainConfig, model: nn.Module, world: int) -> bool:
+    """``config.sync_bn``, or (``None``) whether the model has batch norm and more than one process trains it."""
+    if config.sync_bn is not None:
+        return config.sync_bn and world > 1
+    return world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class _GlobalBatchNorm(nn.SyncBatchNorm):
+    """SyncBatchNorm for CPU processes (gloo), which torch's SyncBatchNorm refuses: global batch statistics
+    from one differentiable all-reduce of per-channel sums (``torch.distributed.nn``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
+        totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        channels = x.shape[1]
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = (totals[channels:2 * channels] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), self.momentum)
+        shape = (1, channels, *([1] * (x.dim() - 2)))
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every batch norm of ``model`` synchronised over the processes (torch's SyncBatchNorm on GPUs)."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cpu":
+        for module in model.modules():
+            if type(module) is nn.SyncBatchNorm:
+                module.__class__ = _GlobalBatchNorm
+    return model
+
+
+def distributed_facts(device: torch.device, world: int, sync_bn: bool) -> dict:
+    """What a researcher checks first on a cluster: nodes, hosts, GPU, NCCL / cuDNN versions, sync_bn."""
+    hosts = [socket.gethostname()]
+    if world > 1 and dist.is_initialized():
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, hosts[0])
+        hosts = gathered
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    facts = dict(nodes=max(1, world // max(local_world, 1)), hostnames=sorted(set(hosts)), sync_bn=sync_bn,
+                 cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
+                 nccl=".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None,
+                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
+    return facts
 
 
 def _prepare(run_dir: Path, config: TrainConfig, rank: int) -> str:
@@ -840,6 +954,7 @@ def _barrier() -> None:
 
 
 def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
+    """One epoch of optimiser steps (fewer when ``max_steps`` ends the run in it); its history row."""
     config = ctx.config
     ctx.epoch = epoch
     lr = learning_rate(config, epoch)
@@ -848,28 +963,64 @@ def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
     ctx.loss_fn.set_epoch(epoch)
     method.epoch_start(ctx, epoch)
     ctx.model.train()
-    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
-    seen = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    sums = torch.zeros(3, device=ctx.device, dtype=torch.float64)  # loss x global images, global images, images here
     batches = tensor_batches(ctx, epoch) if ctx.train_x is not None else file_batches(ctx, epoch)
-    started = time.perf_counter()
-    for batch in batches:
-        batch = method.batch(ctx, batch)
-        batch.x = _memory_format(ctx, batch.x)
-        with ctx.autocast():
-            value = method.loss(ctx, batch)
-            if value is None:
-                value = ctx.mixed_loss(ctx.model(batch.x), batch)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        ctx.optimizer.step()
-        loss_sum += value.detach().double() * len(batch.y)
-        seen += len(batch.y)
+    steps_per_epoch = math.ceil(_train_size(ctx) / config.batch_size)
+    stop = None if config.max_steps is None else config.max_steps - epoch * steps_per_epoch
+    started, data_wait, step = time.perf_counter(), 0.0, 0
+    while stop is None or step < stop:
+        waited = time.perf_counter()
+        batch = next(batches, None)
+        data_wait += time.perf_counter() - waited
+        if batch is None:
+            break
+        value = _step(ctx, method, batch)
+        step += 1
+        # this rank's part of (global loss x global images, global images) and the images it saw itself
+        share = batch.global_size / ctx.world_size
+        sums += torch.stack([value.detach().double() * share, sums.new_tensor(share), sums.new_tensor(len(batch.y))])
     method.epoch_end(ctx, epoch)
-    totals = all_reduce_sum(torch.stack([loss_sum, seen]))
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    elapsed = time.perf_counter() - started
+    totals = all_reduce_sum(sums)
     train_loss = float(totals[0] / totals[1])
     _check_divergence(ctx, epoch, train_loss, lr)
-    return dict(epoch=epoch, lr=lr, train_loss=train_loss, time_s=round(time.perf_counter() - started, 4),
-                images=int(totals[1]))
+    row = dict(epoch=epoch, lr=lr, train_loss=train_loss, time_s=round(elapsed, 4), data_s=round(data_wait, 4),
+               compute_s=round(elapsed - data_wait, 4), images=int(totals[2]),
+               images_per_s=round(float(totals[2]) / max(elapsed, 1e-9), 1), peak_memory_mb=_peak_memory_mb(ctx.device))
+    if stop is not None and stop <= steps_per_epoch and not (epoch == config.epochs - 1 and stop == steps_per_epoch):
+        row["stopped_at_step"] = config.max_steps
+    return row
+
+
+def _step(ctx: Context, method: Method, batch: Batch) -> Tensor:
+    """One optimiser step on this rank's share of a global batch; returns the (global-batch) loss value."""
+    batch = method.batch(ctx, batch)
+    batch.x = _memory_format(ctx, batch.x)
+    with ctx.autocast():
+        value = method.loss(ctx, batch)
+        if value is None:
+            value = ctx.mixed_loss(ctx.model(batch.x), batch)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    ctx.optimizer.step()
+    return value
+
+
+def _train_size(ctx: Context) -> int:
+    return len(ctx.train_y) if ctx.train_y is not None else len(ctx.data.train)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory of the epoch (CUDA), else the process's peak resident memory so far."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class DivergedError(checks.LtkitError, FloatingPointError):

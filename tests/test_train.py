@@ -202,7 +202,8 @@ def test_run_grid_workers_give_the_same_records_as_one_process(tmp_path):
     methods = {"CE": {}, "BS": dict(loss="bs"), "by-seed": lambda seed: dict(lr=0.05 * (seed + 1))}
     one = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "one"), progress=False, **common)
     two = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "two"), workers=2, progress=False, **common)
-    assert list(two) == list(methods) and [r["name"] for r in two["BS"]] == ["BS-s0", "BS-s1"]
+    assert list(two) == list(methods) and [r["name"] for r in two["BS"]] == ["bs-s0", "bs-s1"]
+    assert [r["config"]["label"] for r in two["BS"]] == ["BS", "BS"]  # the human label, kept for tables
     assert [r["config"]["lr"] for r in two["by-seed"]] == [0.05, 0.1]
     for label in methods:
         for a, b in zip(one[label], two[label]):
@@ -221,7 +222,7 @@ def test_a_run_failing_in_a_worker_raises_its_own_error(tmp_path):
 def test_run_grid_checks_every_config_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown loss 'xent'"):
         launch.run_grid({"CE": {}, "bad": dict(loss="xent")}, (0,), out_dir=str(tmp_path), progress=False)
-    assert not (tmp_path / "CE-s0").exists()
+    assert not (tmp_path / "ce-s0").exists()
     with pytest.raises(ValueError, match="workers=0: must be >= 1"):
         launch.run_grid({"CE": {}}, (0,), workers=0, out_dir=str(tmp_path), progress=False)
 
