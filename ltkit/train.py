@@ -886,9 +886,13 @@ def use_sync_bn(config: TrainConfig, model: nn.Module, world: int) -> bool:
     return world > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-class _GlobalBatchNorm(nn.SyncBatchNorm):
-    """SyncBatchNorm for CPU processes (gloo), which torch's SyncBatchNorm refuses: global batch statistics
-    from one differentiable all-reduce of per-channel sums (``torch.distributed.nn``)."""
+class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Synchronised batch norm for CPU processes (gloo), which torch's SyncBatchNorm refuses: global batch
+    statistics from one differentiable all-reduce of per-channel sums (``torch.distributed.nn``)."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

@@ -450,10 +450,10 @@ class ClasswiseSplitting(train.Method):
         if ctx.epoch < self.start_epoch or self.params.sub_weight == 0:
             return value
         sub_y = self.sub_labels(head, self.prototype_space(features), batch.y, batch.index)
-        sub_value = self.sub_loss_fn(sub_logits.float(), sub_y)
+        sub_value = ctx.loss(self.sub_loss_fn, sub_logits, sub_y)  # the mean over the global batch
         if batch.y2 is not None and batch.lam < 1:  # a mixing method's second label set
             sub_y2 = self.sub_labels(head, self.prototype_space(features), batch.y2, None)
-            sub_value = batch.lam * sub_value + (1 - batch.lam) * self.sub_loss_fn(sub_logits.float(), sub_y2)
+            sub_value = batch.lam * sub_value + (1 - batch.lam) * ctx.loss(self.sub_loss_fn, sub_logits, sub_y2)
         elif self.dynamic:  # prototypes move with un-mixed batches only
             with torch.no_grad():
                 head.prototypes.copy_(ema_update(head.prototypes, self.prototype_space(features), sub_y, self.params.momentum))
