@@ -22,7 +22,7 @@ def _fit(tmp_path, **overrides):
 
 
 def _state(run_dir) -> dict:
-    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)["model"]
+    return runs.load_checkpoint(Path(run_dir) / "checkpoint.pt")["model"]
 
 
 # --------------------------------------------------------------------------- schedule
@@ -272,3 +272,78 @@ def test_trains_on_split_files_through_dataloader_workers(tmp_path):
     assert record["result"]["class_counts"] == [12, 6, 3]
     assert sum(map(sum, record["result"]["confusion"])) == 6
     assert [row["images"] for row in record["history"]] == [21, 21]
+
+
+def _split_file_run(tmp_path, name: str, **overrides):
+    from test_data import _write_image_tree
+
+    from ltkit.data import load_dataset
+
+    root = tmp_path / "ImageNet_LT"
+    if not root.exists():
+        _write_image_tree(root, [12, 6, 3], test_per_class=2)
+    data = load_dataset("imagenet-lt", root=root, num_classes=3)
+    return train.fit("imagenet-lt", data=data, data_root=str(root), model="small-cnn",
+                     model_params={"in_channels": 3}, image_size=16, batch_size=8,
+                     epochs=3, out_dir=str(tmp_path / "runs"), progress=False, name=name, threads=1, **overrides)
+
+
+def test_split_file_augmentation_is_per_sample_and_the_same_for_any_workers(tmp_path):
+    """Each image's random crop / flip is seeded by (seed, epoch, global position): workers change nothing."""
+    from test_data import _write_image_tree
+
+    from ltkit.data import load_dataset
+
+    _write_image_tree(tmp_path, [12, 6, 3])
+    data = load_dataset("imagenet-lt", root=tmp_path, num_classes=3)
+    config = train.preset("imagenet-lt", data_root=str(tmp_path), image_size=16, batch_size=8, num_workers=0)
+    data.train.transform = train.file_transforms(config, train=True)
+    items = train.SeededItems(data.train)
+    a, b = items[123, 0][0], items[123, 0][0]
+    assert torch.equal(a, b) and not torch.equal(a, items[124, 0][0])  # same key, same crop; another key, another
+    batches = [[(1000 + i, i) for i in range(8)], [(2000 + i, i) for i in range(8, 16)]]
+    loaded = {}
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(items, batch_sampler=batches, num_workers=workers)
+        loaded[workers] = torch.cat([x for x, _ in loader])
+    assert torch.equal(loaded[0], loaded[2])
+
+
+def test_a_split_file_run_resumed_after_a_crash_is_bit_exact(tmp_path, monkeypatch):
+    whole = _split_file_run(tmp_path, "whole", num_workers=2)
+    real_epoch = train._train_epoch
+
+    def crash_in_epoch_2(ctx, method, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_epoch(ctx, method, epoch)
+
+    monkeypatch.setattr(train, "_train_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _split_file_run(tmp_path, "crashed", num_workers=2)
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    resumed = _split_file_run(tmp_path, "crashed", num_workers=1, if_exists="resume")  # other workers: the same draws
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in whole["history"]]
+    for key, value in _state(whole["dir"]).items():
+        assert torch.equal(value, _state(resumed["dir"])[key]), key
+
+
+def test_a_rehearsal_stops_after_max_steps_and_evaluates_a_fixed_test_subset(tmp_path):
+    record = _fit(tmp_path, epochs=30, max_steps=3, max_test_images=25, name="rehearsal")
+    (row,) = record["history"]
+    assert row["stopped_at_step"] == 3 and record["result"]["stopped_at_step"] == 3
+    assert record["result"]["final_epoch"] == 0 and record["result"]["test_images"] == 25
+    assert row["images"] == 3 * 64  # three optimiser steps of the preset's batch
+    for key in ("data_s", "compute_s", "eval_s", "images_per_s", "peak_memory_mb"):
+        assert row[key] >= 0, key
+    assert row["data_s"] + row["compute_s"] == pytest.approx(row["time_s"], abs=2e-3)
+    env = record["env"]
+    assert env["nodes"] == 1 and env["sync_bn"] is False and env["hostnames"]
+    again = train.test_positions(train.preset("digits-lt", max_test_images=25), 100)
+    assert torch.equal(again, train.test_positions(train.preset("digits-lt", max_test_images=25), 100))
+
+
+def test_the_inat2018_preset_is_the_imagenet_recipe_on_its_own_split_files():
+    inat, imagenet = train.preset("inat2018"), train.preset("imagenet-lt")
+    assert inat.dataset == "inat2018" and inat.model == "resnet50" and inat.weight_decay == 1e-4
+    assert (inat.epochs, inat.batch_size, inat.milestones) == (imagenet.epochs, imagenet.batch_size, imagenet.milestones)
