@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import metrics, runs, train
+from . import metrics, runs, stats, train
 
 
 def _config(config: train.TrainConfig | str, overrides: dict) -> train.TrainConfig:
@@ -125,6 +125,18 @@ def _overrides(overrides: Overrides, seed: int) -> dict:
     return dict(overrides(seed) if callable(overrides) else overrides)
 
 
-def compare(records: dict[str, list[dict]], keys: Sequence[str] = ("overall", "many", "medium", "few", "worst")):
-    """One row per label: final-epoch test accuracy (%) by group, mean ± std over seeds."""
-    return metrics.results_table({label: [r["result"] for r in rs] for label, rs in records.items()}, keys)
+def compare(records: dict[str, list[dict]], keys: Sequence[str] = ("overall", "many", "medium", "few", "worst"),
+            baselines: dict[str, str] | None = None, paired_keys: Sequence[str] = ("overall", "few")):
+    """One row per label: final-epoch test accuracy (%) by group, mean ± std over seeds.
+
+    ``baselines`` (``{label: baseline label}``, e.g. ``{"CE + CMO": "CE"}``) adds the
+    paired comparison with the baseline trained on the same seeds: the mean ± std of
+    the per-seed differences of ``paired_keys`` in points and a paired t-test's
+    p-value (:mod:`ltkit.stats`), and the ``vs`` column naming the baseline.
+    """
+    table = metrics.results_table({label: [r["result"] for r in rs] for label, rs in records.items()}, keys)
+    if baselines:
+        columns = stats.baseline_columns(records, baselines, paired_keys)
+        for name in ("vs", *(f"Δ {key}" for key in paired_keys)):
+            table[name] = [columns.get(label, {}).get(name, "") for label in table.index]
+    return table
