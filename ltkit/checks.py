@@ -45,12 +45,16 @@ def _suffix(hint: str) -> str:
     return f" ({hint})" if hint else ""
 
 
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, numbers.Integral) else f"{value:g}"
+
+
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
-        return f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"lie in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"be {'>' if low_open else '>='} {low:g}"
-    return f"be {'<' if high_open else '<='} {high:g}"
+        return f"be {'>' if low_open else '>='} {_num(low)}"
+    return f"be {'<' if high_open else '<='} {_num(high)}"
 
 
 def _in_range(value: float, low: float | None, high: float | None, low_open: bool, high_open: bool) -> bool:
@@ -136,6 +140,8 @@ def type_ok(value: Any, annotation: str) -> bool:
         return "None" in options
     for option in options:
         base = option.split("[")[0]
+        if base == "None":  # the value is not None (handled above): this option does not admit it
+            continue
         if base not in _TYPES:
             return True  # an annotation we do not check (e.g. Any)
         if isinstance(value, _TYPES[base]) and not (isinstance(value, bool) and base in ("int", "float")):

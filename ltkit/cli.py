@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -41,8 +42,23 @@ def _parse_value(text: str, annotation: str) -> Any:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what was wrong and how to fix it, no usage block (``--help`` shows it)."""
+
+    def error(self, message: str):
+        hint = "python -m ltkit.train --help lists the options"
+        if message.startswith("unrecognized arguments:"):
+            options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            unknown = [w for w in message.split(":", 1)[1].split() if w.startswith("--")]
+            close = [m for w in unknown for m in difflib.get_close_matches(w.split("=")[0], options, n=1)]
+            if close:
+                hint = f"did you mean {', '.join(close)}? ({hint})"
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message}; {hint}.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m ltkit.train",
         description="Train on a long-tailed data set (also under torchrun). Every TrainConfig field is an option.",
     )
@@ -74,6 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"ltkit.train: error: {message} (--debug shows the traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("ltkit.train: interrupted; the run keeps its last checkpoint: run the same command with --resume to "
+              "continue it (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(130) from None
     if int(os.environ.get("RANK", "0")) == 0:
         r = record["result"]
         print(json.dumps(dict(run=record["dir"], **{k: r[k] for k in ("overall", "many", "medium", "few", "worst")})))
@@ -96,6 +118,9 @@ def _read_config_json(path: Path) -> dict:
         fields = json.loads(path.read_text())
     except FileNotFoundError:
         raise checks.InputError(f"--config-json {path}: no such file.") from None
+    except OSError as err:  # a folder, no permission, ...
+        raise checks.InputError(f"--config-json {path} cannot be read ({err.strerror or err}); pass a JSON file of "
+                                "TrainConfig fields.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise checks.InputError(f"--config-json {path} is not valid JSON ({err}); write an object of TrainConfig "
                                 "fields, e.g. {\"loss\": \"bs\", \"epochs\": 10}.") from None

@@ -144,6 +144,7 @@ def lt_subset_indices(labels: np.ndarray, counts: Sequence[int], rule: str = "sh
     """
     if rule not in ("shuffle", "first"):
         raise checks.InputError(f"unknown subset rule {rule!r}; choose 'shuffle' (LDAM/CMO code) or 'first' (M2m code).")
+    _check_subset_seed(seed)
     labels = np.asarray(labels)
     rng = np.random.RandomState(seed)  # the same stream as np.random.seed(seed) + np.random.shuffle
     chosen = []
@@ -157,6 +158,12 @@ def lt_subset_indices(labels: np.ndarray, counts: Sequence[int], rule: str = "sh
             rng.shuffle(idx)
         chosen.append(idx[:n_k])
     return np.concatenate(chosen)
+
+
+def _check_subset_seed(seed: int) -> int:
+    """The seed of a long-tailed subset: NumPy's legacy ``RandomState`` takes ``[0, 2**32)``."""
+    return checks.integer("seed", seed, low=0, high=2**32 - 1,
+                          hint="the seed that picks the long-tailed subset: the config field data_seed")
 
 
 # --------------------------------------------------------------------------- digits-lt
@@ -175,9 +182,13 @@ def load_digits_lt(
     """
     from sklearn.datasets import load_digits
 
+    _check_subset_seed(seed)
     digits = load_digits()
     images = np.round(digits.images / 16.0 * 255.0).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
     labels = digits.target.astype(np.int64)
+    smallest = int(np.bincount(labels).min())
+    checks.integer("test_per_class", test_per_class, low=1, high=smallest - 1,
+                   hint=f"the smallest digit class has {smallest} images, and training needs some of them")
     split_rng = np.random.RandomState(0)
     test_idx = np.concatenate([split_rng.permutation(np.flatnonzero(labels == k))[:test_per_class] for k in range(10)])
     pool = np.setdiff1d(np.arange(len(labels)), test_idx)
@@ -543,8 +554,8 @@ def load_dataset(name: str = "digits-lt", root: str | os.PathLike | None = None,
     if name not in DATASETS:
         raise checks.InputError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}.")
     if root is None:
-        raise checks.InputError(f"{name} is read from disk: pass root=<data folder> (bundled, no root needed: "
-                                f"{', '.join(BUNDLED)}).")
+        raise checks.InputError(f"{name} is read from disk: pass root=<data folder> (the config field data_root, "
+                                f"--data-root; bundled, no root needed: {', '.join(BUNDLED)}).")
     cifar = name in ("cifar10-lt", "cifar100-lt")
     loader, fixed = (load_cifar_lt, {"root", "num_classes"}) if cifar else (load_split_file_lt, {"root", "name"})
     valid = sorted(set(inspect.signature(loader).parameters) - fixed)

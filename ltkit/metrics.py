@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ltkit import profiles
 from ltkit.profiles import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD, class_groups, group_sizes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,7 +149,7 @@ def group_accuracy(
     out of the means and of the minimum.
     """
     accuracies = np.asarray(per_class, dtype=np.float64).reshape(-1)
-    train_counts = list(np.asarray(train_counts).reshape(-1))
+    train_counts = profiles.check_counts(np.asarray(train_counts).reshape(-1), "train_counts")
     _check_num_classes(train_counts, accuracies.size, "per_class")
     groups = np.asarray(class_groups(train_counts, many, few))
     result = {group: _nan_mean(accuracies[groups == group]) for group in GROUPS}
@@ -170,7 +171,7 @@ def evaluate(
     a class with no test images) and ``group_sizes`` (classes per group).
     """
     matrix = _as_confusion_array(confusion)
-    train_counts = list(np.asarray(train_counts).reshape(-1))
+    train_counts = profiles.check_counts(np.asarray(train_counts).reshape(-1), "train_counts")
     _check_num_classes(train_counts, matrix.shape[0], "the confusion matrix")
     total = matrix.sum()
     if total == 0:

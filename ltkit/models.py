@@ -29,6 +29,8 @@ Models:
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 
 from collections.abc import Sequence
 
@@ -36,6 +38,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+
+from . import checks
 
 __all__ = [
     "CIFAR_MEAN",
@@ -66,8 +70,19 @@ MODEL_NAMES = ("resnet32", "small-cnn", "mlp", "resnet50", "resnext50")
 
 
 def _check_num_classes(num_classes: int) -> None:
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real) or int(num_classes) != num_classes \
+            or num_classes < 2:
+        raise checks.InputError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+
+
+def _check_size(owner: str, name: str, value: int, low: int, why: str = "") -> int:
+    """An integer model parameter (model_params of a config) >= ``low``, or a one-line error naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise checks.InputTypeError(f"{owner}: {name} must be an integer, got {type(value).__name__} {value!r} "
+                                    f"(model_params {name!r})")
+    if value < low:
+        raise checks.InputError(f"{owner}: {name} must be >= {low}{why}, got {value} (model_params {name!r})")
+    return int(value)
 
 
 class Normalize(nn.Module):
@@ -76,20 +91,31 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float], in_channels: int,
                  model_name: str = "model") -> None:
         super().__init__()
-        mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        try:
+            mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        except (TypeError, ValueError):
+            raise checks.InputTypeError(f"{model_name}: mean and std must be sequences of numbers (one per input "
+                                        f"channel), got mean={mean!r}, std={std!r}") from None
         if len(mean) != in_channels or len(std) != in_channels:
             example = ", ".join(["0.5"] * in_channels)
-            raise ValueError(
+            raise checks.InputError(
                 f"{model_name}: in_channels={in_channels} but mean has {len(mean)} and std has "
                 f"{len(std)} entries; pass one mean and one std per input channel, e.g. "
                 f"mean=({example},), std=({example},)"
             )
-        if min(std) <= 0:
-            raise ValueError(f"{model_name}: every std must be > 0, got std={std}")
+        if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise checks.InputError(f"{model_name}: every std must be > 0, got std={std} (and mean={mean}: finite "
+                                    "numbers)")
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and x.shape[1] != self.mean.shape[1]:
+            # (x - mean) would broadcast one grey channel to three and train on copies: refuse instead
+            raise checks.InputError(
+                f"the model expects images (N, {self.mean.shape[1]}, H, W) but got shape {tuple(x.shape)}: set "
+                "model_params 'in_channels' (with one mean / std per channel) to the data's channels, or leave it "
+                "out and the engine fills it in")
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
@@ -122,6 +148,7 @@ class CosineLinear(nn.Module):
 
 
 def _make_head(feature_dim: int, num_classes: int, cosine_head: bool) -> nn.Module:
+    checks.flag("model_params 'cosine_head'", cosine_head)
     if cosine_head:
         return CosineLinear(feature_dim, num_classes)
     return nn.Linear(feature_dim, num_classes)
@@ -200,6 +227,8 @@ class ResNet32(_Classifier):
                  blocks_per_stage: int = 5) -> None:
         super().__init__()
         _check_num_classes(num_classes)
+        _check_size("ResNet32", "in_channels", in_channels, 1)
+        _check_size("ResNet32", "blocks_per_stage", blocks_per_stage, 1)
         self.normalize = Normalize(mean, std, in_channels, "ResNet32")
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -252,10 +281,9 @@ class SmallCNN(_Classifier):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         _check_num_classes(num_classes)
-        if image_size < 2:
-            raise ValueError(f"SmallCNN: image_size must be >= 2 (it has a 2x2 max-pool), got {image_size}")
-        if width < 1:
-            raise ValueError(f"SmallCNN: width must be >= 1, got {width}")
+        _check_size("SmallCNN", "in_channels", in_channels, 1)
+        _check_size("SmallCNN", "image_size", image_size, 2, " (it has a 2x2 max-pool)")
+        _check_size("SmallCNN", "width", width, 1)
         self.image_size = image_size
         mean = (0.5,) * in_channels if mean is None else mean
         std = (0.5,) * in_channels if std is None else std
@@ -289,6 +317,9 @@ class MLP(_Classifier):
                  std: Sequence[float] | None = None) -> None:
         super().__init__()
         _check_num_classes(num_classes)
+        _check_size("MLP", "in_channels", in_channels, 1)
+        _check_size("MLP", "image_size", image_size, 1)
+        _check_size("MLP", "hidden", hidden, 1, " (the width of the two hidden layers)")
         mean = (0.5,) * in_channels if mean is None else mean
         std = (0.5,) * in_channels if std is None else std
         self.normalize = Normalize(mean, std, in_channels, "MLP")
@@ -360,14 +391,16 @@ def make_model(name: str, num_classes: int, *, in_channels: int | None = None,
     CosineLinear(in_features=64, out_features=100)
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+        raise checks.InputError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     _check_num_classes(num_classes)
+    unknown = sorted(set(kwargs) - set(model_params(name)))
+    if unknown:
+        raise checks.InputError(f"model {name!r} takes no parameter(s) {unknown}; valid: "
+                                f"{', '.join(model_params(name))}.")
     if in_channels is not None:
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        kwargs["in_channels"] = in_channels
-    if image_size is not None and image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
+        kwargs["in_channels"] = _check_size(name, "in_channels", in_channels, 1)
+    if image_size is not None:
+        _check_size(name, "image_size", image_size, 1)
     if name == "resnet32":
         return ResNet32(num_classes, cosine_head=cosine_head, **kwargs)
     if name in ("small-cnn", "mlp"):
@@ -381,7 +414,7 @@ def make_model(name: str, num_classes: int, *, in_channels: int | None = None,
 def model_params(name: str) -> list[str]:
     """The keyword parameters ``make_model(name, ...)`` accepts (``model_params`` of a config)."""
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+        raise checks.InputError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     cls = {"resnet32": ResNet32, "small-cnn": SmallCNN, "mlp": MLP}.get(name, TorchvisionNet)
     own = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "num_classes", "arch")]
     return sorted({*own, "in_channels", "image_size", "cosine_head"})

@@ -29,10 +29,14 @@ few ``n < 20``; Liu et al., CVPR 2019 "OLTR"), thresholds configurable.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from .checks import InputError, InputTypeError, real
 
 MANY_THRESHOLD = 100
 FEW_THRESHOLD = 20
@@ -41,42 +45,77 @@ GROUPS = ("many", "medium", "few")
 
 # --------------------------------------------------------------------------- validation
 def _check_profile_args(num_classes: int, n_max: int, imbalance_factor: float) -> None:
-    if int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(
+    """One-line errors (:class:`ltkit.checks.InputError`, a ``ValueError``) naming the argument and the fix."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real):
+        raise InputTypeError(f"num_classes must be an integer >= 2, got {type(num_classes).__name__} {num_classes!r}.")
+    if not math.isfinite(num_classes) or int(num_classes) != num_classes or num_classes < 2:
+        raise InputError(
             f"num_classes={num_classes!r}: a long-tailed problem needs at least 2 classes; "
             "pass an integer num_classes >= 2."
         )
-    if int(n_max) != n_max or n_max < 1:
-        raise ValueError(f"n_max={n_max!r}: the largest class needs at least 1 image; pass an integer n_max >= 1.")
+    if isinstance(n_max, bool) or not isinstance(n_max, numbers.Real) or not math.isfinite(n_max) \
+            or int(n_max) != n_max or n_max < 1:
+        raise InputError(f"n_max={n_max!r}: the largest class needs at least 1 image; pass an integer n_max >= 1.")
+    if isinstance(imbalance_factor, bool) or not isinstance(imbalance_factor, numbers.Real):
+        raise InputTypeError(f"imbalance factor must be a number, got {type(imbalance_factor).__name__} "
+                             f"{imbalance_factor!r} (n_max / n_min: CIFAR-LT uses 10, 50, 100 or 200).")
     if not math.isfinite(imbalance_factor) or imbalance_factor < 1:
-        raise ValueError(
+        raise InputError(
             f"imbalance factor {imbalance_factor!r} < 1: the imbalance factor is n_max / n_min, so it is at least 1 "
             "(IF = 1 is a balanced data set; CIFAR-LT uses 10, 50, 100 or 200)."
+            if not math.isnan(imbalance_factor) and imbalance_factor < 1 else
+            f"imbalance factor {imbalance_factor!r} must be a finite number >= 1 (n_max / n_min; IF = 1 is a "
+            "balanced data set; CIFAR-LT uses 10, 50, 100 or 200)."
         )
 
 
-def check_counts(counts: Sequence[int] | np.ndarray) -> list[int]:
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_counts(counts: Sequence[int] | np.ndarray, name: str = "class sizes") -> list[int]:
     """Validate a vector of class sizes and return it as a list of ints.
 
-    Raises ``ValueError`` for fewer than 2 classes, non-integer or negative
-    sizes, and a class with no images (naming the class).
+    Raises :class:`ltkit.checks.InputError` (a ``ValueError``) for fewer than 2
+    classes, a vector that is not 1-D, non-integer or negative sizes, and a
+    class with no images (naming the class); :class:`ltkit.checks.InputTypeError`
+    (a ``TypeError``) for something that is not a sequence of numbers (``None``,
+    a string, a dict, strings or booleans as sizes).  ``name`` is the argument
+    named in the messages.
     """
-    values = np.asarray(counts).reshape(-1)
+    if counts is None or isinstance(counts, (str, bytes, Mapping)) or np.ndim(counts) == 0:
+        raise InputTypeError(f"{name} must be a sequence with one number of images per class (e.g. [500, 120, 8]), "
+                             f"got {type(counts).__name__} {_short(counts)}.")
+    try:
+        values = np.asarray(counts)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise InputError(f"{name} must be a flat list with one number of images per class, got {_short(counts)} "
+                         f"({err}).") from None
+    if values.ndim != 1:
+        raise InputError(f"{name} must be 1-D (one number of images per class), got shape {values.shape}; "
+                         "pass a flat list such as [500, 120, 8].")
+    if values.dtype.kind not in "iuf":
+        for i, v in enumerate(values.tolist()):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise InputTypeError(f"{name}[{i}]={_short(v)} is a {type(v).__name__}, not a number of images; pass "
+                                     "numbers, e.g. [int(n) for n in sizes].")
+        values = values.astype(float)
     if values.size < 2:
-        raise ValueError(
+        raise InputError(
             f"got {values.size} class size(s): a long-tailed problem needs at least 2 classes; "
             "pass one count per class."
         )
     if not np.all(np.isfinite(values.astype(float))) or np.any(values != np.round(values)):
-        raise ValueError(f"class sizes must be whole numbers of images, got {values.tolist()}.")
+        raise InputError(f"{name} must be whole numbers of images, got {values.tolist()[:20]}.")
     if np.any(values < 0):
         bad = int(np.flatnonzero(values < 0)[0])
-        raise ValueError(f"class {bad} has a negative size ({values[bad]}); class sizes count images, so they are >= 0.")
+        raise InputError(f"class {bad} has a negative size ({values[bad]}); class sizes count images, so they are >= 0.")
     empty = np.flatnonzero(values == 0)
     if empty.size:
-        raise ValueError(
-            f"class {int(empty[0])} has no images (classes with no images: {empty.tolist()}); every class needs at "
-            "least one training image: lower the imbalance factor, raise n_max, or drop the empty classes."
+        raise InputError(
+            f"class {int(empty[0])} has no images (classes with no images: {empty.tolist()[:20]}); every class needs "
+            "at least one training image: lower the imbalance factor, raise n_max, or drop the empty classes."
         )
     return [int(v) for v in values]
 
@@ -97,8 +136,8 @@ def exponential_profile(num_classes: int, n_max: int, imbalance_factor: float) -
 def step_profile(num_classes: int, n_max: int, imbalance_factor: float, minority_fraction: float = 0.5) -> list[int]:
     """Step imbalance: the last ``minority_fraction`` of classes get ``int(n_max / IF)`` images."""
     _check_profile_args(num_classes, n_max, imbalance_factor)
-    if not 0 < minority_fraction < 1:
-        raise ValueError(f"minority_fraction={minority_fraction!r} must lie strictly between 0 and 1 (0.5 = half the classes).")
+    real("minority_fraction", minority_fraction, low=0, high=1, low_open=True, high_open=True,
+         hint="0.5 = half the classes")
     num_major = num_classes - int(round(num_classes * minority_fraction))
     num_major = min(max(num_major, 1), num_classes - 1)
     counts = [n_max] * num_major + [int(n_max / imbalance_factor)] * (num_classes - num_major)
@@ -112,7 +151,9 @@ def anchored_profile(num_classes: int, anchors: Sequence[tuple[int, float]]) -> 
     """
     ranks, sizes = zip(*sorted(anchors))
     if ranks[0] != 0 or ranks[-1] != num_classes - 1:
-        raise ValueError(f"anchors must start at rank 0 and end at rank {num_classes - 1}, got ranks {list(ranks)}.")
+        raise InputError(f"anchors must start at rank 0 and end at rank {num_classes - 1}, got ranks {list(ranks)}.")
+    for rank, size in zip(ranks, sizes):
+        real(f"anchors: the size at rank {rank}", size, low=0, low_open=True, hint="a number of images > 0")
     log_sizes = np.interp(np.arange(num_classes), ranks, np.log(sizes))
     return check_counts(np.round(np.exp(log_sizes)).astype(int))
 
@@ -138,6 +179,7 @@ def gini(counts: Sequence[int]) -> float:
 def head_share(counts: Sequence[int], fraction: float = 0.2) -> float:
     """Share of all images held by the largest ``fraction`` of classes (at least one class)."""
     values = np.sort(np.asarray(check_counts(counts)))[::-1]
+    real("fraction", fraction, low=0, high=1, low_open=True, hint="the share of the classes, e.g. 0.2")
     k = max(1, int(round(fraction * values.size)))
     return float(values[:k].sum() / values.sum())
 
@@ -145,13 +187,16 @@ def head_share(counts: Sequence[int], fraction: float = 0.2) -> float:
 def tail_share(counts: Sequence[int], fraction: float = 0.2) -> float:
     """Share of all images held by the smallest ``fraction`` of classes (at least one class)."""
     values = np.sort(np.asarray(check_counts(counts)))
+    real("fraction", fraction, low=0, high=1, low_open=True, hint="the share of the classes, e.g. 0.2")
     k = max(1, int(round(fraction * values.size)))
     return float(values[:k].sum() / values.sum())
 
 
 def _check_thresholds(many: int, few: int) -> None:
+    real("many", many, low=0, hint="classes with more training images are 'many'; the papers use 100")
+    real("few", few, low=0, hint="classes with fewer training images are 'few'; the papers use 20")
     if few > many + 1:
-        raise ValueError(f"few threshold ({few}) must not exceed the many threshold ({many}); e.g. many=100, few=20.")
+        raise InputError(f"few threshold ({few}) must not exceed the many threshold ({many}); e.g. many=100, few=20.")
 
 
 def group_of(count: int, many: int = MANY_THRESHOLD, few: int = FEW_THRESHOLD) -> str:
@@ -219,9 +264,10 @@ class ProfilePreset:
 
     def counts(self, imbalance_factor: float | None = None) -> list[int]:
         if self.kind == "exponential":
-            return exponential_profile(self.num_classes, self.n_max, imbalance_factor or self.imbalance_factor)
+            factor = self.imbalance_factor if imbalance_factor is None else imbalance_factor  # 0 is refused, not 100
+            return exponential_profile(self.num_classes, self.n_max, factor)
         if imbalance_factor is not None:
-            raise ValueError(f"{self.name} has a fixed published profile; its imbalance factor cannot be changed.")
+            raise InputError(f"{self.name} has a fixed published profile; its imbalance factor cannot be changed.")
         return anchored_profile(self.num_classes, self.anchors)
 
 
@@ -259,7 +305,7 @@ PRESETS: dict[str, ProfilePreset] = {
 def preset_counts(name: str, imbalance_factor: float | None = None) -> list[int]:
     """Class sizes of a named preset (``cifar10-lt``, ``cifar100-lt``, ``imagenet-lt``, ``places-lt``, ``inat2018``)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown profile preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+        raise InputError(f"unknown profile preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name].counts(imbalance_factor)
 
 
@@ -267,5 +313,5 @@ def make_profile(kind: str, num_classes: int, n_max: int, imbalance_factor: floa
     """Dispatch on ``kind`` in {'exponential', 'step'} (for widgets and configs)."""
     builders = {"exponential": exponential_profile, "step": step_profile}
     if kind not in builders:
-        raise ValueError(f"unknown profile kind {kind!r}; choose one of: {', '.join(builders)}.")
+        raise InputError(f"unknown profile kind {kind!r}; choose one of: {', '.join(builders)}.")
     return builders[kind](num_classes, n_max, imbalance_factor, **kwargs)

@@ -1,0 +1,336 @@
+"""Bad input and faults, tried as users would (issue 14): every case gets one clear line or is handled correctly.
+
+Each case is a row of a table and its test id starts with its outcome:
+
+* ``C-``  a clear error: the right exception type (an :class:`ltkit.checks.LtkitError`, or a ``ValueError`` /
+  ``TypeError`` subclass), a one-line message naming the field / argument / file and a hint of the fix, and no
+  file left behind (the folder holds exactly what it held before);
+* ``H-``  handled correctly (the input is accepted and does the right thing, or a fault is recovered from);
+* ``X-``  a strict ``xfail``: the fix belongs in a file this table does not own (the reason names the fix).
+
+Tables: (a) config fields through ``train.make_config`` / ``train.fit``; (b) the command line in real child
+processes (exit status 2, exactly one line on stderr, nothing written); (c) public functions of profiles,
+sampling, losses, metrics, models, data and runs; (d) data files in their real on-disk formats (CIFAR pickles,
+split files and JPEG trees); (e) run folders; (f) faults: two processes starting one run name at once, SIGKILL
+and SIGINT mid-epoch then ``--resume`` (bit-exact on CPU), a crafted ``checkpoint.pt``, a damaged split-file tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ltkit import checks, cli, data, losses, metrics, models, profiles, runs, sampling, train, widgets
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(model="mlp", epochs=1, progress=False, threads=1)  # every engine run here: seconds at most
+NAN, INF = float("nan"), float("inf")
+EXPLAINABLE = (checks.LtkitError, ValueError, TypeError)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# =========================================================================== helpers
+def tree(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root``: relative path -> sha1 of the content ('dir' for a folder)."""
+    if not root.exists():
+        return {}
+    if root.is_file():
+        return {".": hashlib.sha1(root.read_bytes()).hexdigest()}
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))}
+
+
+def assert_clear(err: BaseException, needles: list[str], expected: type | tuple = EXPLAINABLE) -> str:
+    """The exception is of the expected kind, its message is one line and names every needle (case-insensitive)."""
+    assert isinstance(err, expected), f"{type(err).__name__}: {err}"
+    assert isinstance(err, EXPLAINABLE), f"{type(err).__name__} is neither an LtkitError nor a ValueError/TypeError"
+    message = str(err)
+    assert message and "\n" not in message, f"not one line: {message!r}"
+    assert "Traceback" not in message
+    for needle in needles:
+        assert needle.lower() in message.lower(), f"{needle!r} not in {message!r}"
+    return message
+
+
+def raises_clear(call: Callable[[], Any], needles: list[str], expected: type | tuple = EXPLAINABLE) -> str:
+    with pytest.raises(Exception) as info:
+        call()
+    return assert_clear(info.value, needles, expected)
+
+
+def fit(out: Path, **overrides) -> dict:
+    return train.fit("digits-lt", **{**TINY, "out_dir": str(out), **overrides})
+
+
+def result_without_times(result: dict) -> dict:
+    return {k: v for k, v in result.items() if "time" not in k}
+
+
+def history_without_times(history: list[dict]) -> list[dict]:
+    volatile = ("_s", "peak_memory")
+    return [{k: v for k, v in row.items() if not k.endswith(volatile) and not k.startswith(volatile)}
+            for row in history]
+
+
+def model_state(run_dir: Path) -> dict:
+    return runs.load_checkpoint(Path(run_dir) / "checkpoint.pt")
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two finished runs ended in the same place: checkpoint tensors bit for bit, result and history minus times."""
+    ra, rb = runs.load_run(a), runs.load_run(b)
+    assert result_without_times(ra["result"]) == result_without_times(rb["result"])
+    assert history_without_times(ra["history"]) == history_without_times(rb["history"])
+    sa, sb = model_state(a), model_state(b)
+    assert sa["epoch"] == sb["epoch"]
+    for key, value in sa["model"].items():
+        assert torch.equal(value, sb["model"][key]), key
+    for key, value in sa["optimizer"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], sb["optimizer"]["state"][key]["momentum_buffer"]), key
+
+
+class Payload:
+    """A pickle that runs code when loaded (a marker folder appears): what a crafted file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+# --------------------------------------------------------------------------- data in the real on-disk formats
+def write_cifar10(root: Path, per_class: int = 20, test_per_class: int = 2) -> Path:
+    """torchvision's CIFAR-10 python pickles, small (5 train batches, test batch, batches.meta)."""
+    rng = np.random.RandomState(123)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def dump(name: str, labels: list[int]) -> None:
+        entry = {"data": rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8), "labels": labels,
+                 "batch_label": name, "filenames": [f"{i}.png" for i in range(len(labels))]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+    labels = rng.permutation(np.repeat(np.arange(10), per_class))
+    for i, chunk in enumerate(np.array_split(labels, 5), start=1):
+        dump(f"data_batch_{i}", chunk.tolist())
+    dump("test_batch", np.repeat(np.arange(10), test_per_class).tolist())
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{k}" for k in range(10)], "num_cases_per_batch": 40}, f, protocol=2)
+    return folder
+
+
+def rewrite_pickle(path: Path, change: Callable[[Any], Any]) -> None:
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry = change(entry) or entry
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+
+
+def write_image_tree(root: Path, counts: list[int], test_per_class: int = 1,
+                     names: tuple[str, str] = ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt")) -> tuple[Path, Path]:
+    """An ImageNet-LT style tree: JPEGs under train/ and test/, split files of 'relative/path label' lines."""
+    lines: dict[str, list[str]] = {"train": [], "test": []}
+    rng = np.random.RandomState(0)
+    for split, per_class in (("train", counts), ("test", [test_per_class] * len(counts))):
+        for label, n in enumerate(per_class):
+            folder = root / split / f"n{label:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                rel = f"{split}/n{label:08d}/img_{i}.JPEG"
+                Image.fromarray(rng.randint(0, 256, (12, 10, 3), dtype=np.uint8)).save(root / rel, format="JPEG")
+                lines[split].append(f"{rel} {label}")
+    train_file, test_file = root / names[0], root / names[1]
+    train_file.write_text("\n".join(lines["train"]) + "\n")
+    test_file.write_text("\n".join(lines["test"]) + "\n")
+    return train_file, test_file
+
+
+def edit_line(path: Path, lineno: int, new: str | None) -> None:
+    lines = path.read_text().splitlines()
+    if new is None:
+        del lines[lineno - 1]
+    else:
+        lines[lineno - 1] = new
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cut_file(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+# =========================================================================== (a) config fields
+def case(id_: str, *values: Any, xfail: str | None = None, skip: str | None = None):
+    marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
+    if skip:
+        marks.append(pytest.mark.skip(reason=skip))
+    return pytest.param(*values, id=id_, marks=marks)
+
+
+TYPE, VALUE = checks.InputTypeError, checks.InputError
+FIX_IN_CHANNELS = ("fix in ltkit/train.py build_model() or validate(): refuse model_params['in_channels'] that differs "
+                   "from the data's channels before config.json is written (ltkit.models now refuses the mismatch at the "
+                   "first forward instead of silently broadcasting one grey channel to three, but the failed run "
+                   "leaves config.json behind)")
+FIX_CUDA = ("fix in ltkit/train.py resolve_device(): raise checks.InputError (today a plain RuntimeError, not an "
+            "LtkitError: one line on the command line, but not the error type a notebook can catch as bad input)")
+FIX_THREADS = ("fix in ltkit/train.py validate(): `if config.threads is not None: checks.integer('threads', "
+               "config.threads, low=1)` (today torch says 'set_num_threads expects a positive integer', naming no field)")
+FIX_SEED = ("fix in ltkit/train.py validate(): `checks.integer(name, getattr(config, name), low=0, high=2**63 - 1)` for "
+            "seed (today torch.manual_seed fails with 'Overflow when unpacking long long', naming no field)")
+FIX_SAMPLER_VALUES = ("fix in ltkit/train.py validate(): check sampler_params values before anything is written, e.g. "
+                      "`sampling.make_sampler([0, 1], [1, 1], config.sampler, epoch=0, total_epochs=config.epochs, "
+                      "**config.sampler_params)` (today the error comes at epoch 0, after config.json was written)")
+FIX_SAMPLER_KEYS = ("fix in ltkit/train.py validate(): accept sampler_params keys per sampler kind ({'q-class': ('r',), "
+                    "'q-sample': ('r',), 'effective-number': ('beta',)}, none for the others) instead of ('r', 'beta') "
+                    "for every sampler (today sampler='class-balanced' silently ignores r)")
+
+# (id, overrides or f(tmp_path) -> overrides, needles in the message, exception type, caught by make_config?)
+CONFIG_CASES = [
+    case("C-lr-nan", dict(lr=NAN), ["lr=nan", "finite"], VALUE, True),
+    case("C-lr-inf", dict(lr=INF), ["lr=inf", "finite"], VALUE, True),
+    case("C-lr-zero", dict(lr=0.0), ["lr=0", "> 0", "0.05 for the bundled"], VALUE, True),
+    case("C-lr-negative", dict(lr=-1.0), ["lr=-1", "> 0"], VALUE, True),
+    case("C-lr-string", dict(lr="0.1"), ["'lr'", "expects float"], TYPE, True),
+    case("C-weight-decay-nan", dict(weight_decay=NAN), ["weight_decay=nan", "finite"], VALUE, True),
+    case("C-weight-decay-negative", dict(weight_decay=-1e-4), ["weight_decay", ">= 0"], VALUE, True),
+    case("C-momentum-one", dict(momentum=1.0), ["momentum=1.0", "[0, 1)"], VALUE, True),
+    case("C-momentum-nan", dict(momentum=NAN), ["momentum=nan", "finite"], VALUE, True),
+    case("C-step-gamma-zero", dict(step_gamma=0.0), ["step_gamma=0", "(0, 1]"], VALUE, True),
+    case("C-step-gamma-two", dict(step_gamma=2.0), ["step_gamma=2", "(0, 1]"], VALUE, True),
+    case("C-crop-padding-negative", dict(crop_padding=-3), ["crop_padding=-3", ">= 0"], VALUE, True),
+    case("C-epochs-zero", dict(epochs=0), ["epochs=0", ">= 1"], VALUE, True),
+    case("C-epochs-float", dict(epochs=2.0), ["'epochs'", "expects int"], TYPE, True),
+    case("C-batch-size-zero", dict(batch_size=0), ["batch_size=0", ">= 1"], VALUE, True),
+    case("C-batch-size-bool", dict(batch_size=True), ["'batch_size'", "expects int"], TYPE, True),
+    case("C-milestones-string-item", dict(milestones=["a"]), ["milestones[0]", "integer", "epochs at which"], TYPE, True),
+    case("C-milestones-float-item", dict(milestones=[1.5]), ["milestones[0]", "integer"], TYPE, True),
+    case("C-milestones-negative", dict(milestones=[-1]), ["milestones[0]=-1", ">= 0"], VALUE, True),
+    case("C-milestones-not-a-list", dict(milestones="160"), ["'milestones'", "expects list"], TYPE, True),
+    case("C-few-above-many", dict(many=100, few=200), ["few=200 > many=100", "must not exceed", "many=100, few=20"],
+         VALUE, True),
+    case("C-many-negative", dict(many=-1, few=0), ["many=-1", ">= 0"], VALUE, True),
+    case("C-imbalance-factor-nan", dict(imbalance_factor=NAN), ["imbalance_factor=nan", "finite"], VALUE, True),
+    case("C-imbalance-factor-below-one", dict(imbalance_factor=0.5), ["imbalance_factor=0.5", ">= 1"], VALUE, True),
+    case("C-imbalance-factor-string", dict(imbalance_factor="10"), ["'imbalance_factor'", "float"], TYPE, True),
+    case("C-imbalance-factor-too-large", dict(imbalance_factor=1e9), ["class 3 has no images", "lower the imbalance factor"],
+         VALUE, False),
+    case("C-unknown-field", dict(epoch=3), ["unknown config field", "'epoch'", "valid fields"], VALUE, True),
+    case("C-loss-params-unknown-key", dict(loss_params={"gamma_x": 1}), ["loss_params", "gamma_x", "accepted"], VALUE, True),
+    case("C-loss-params-not-a-dict", dict(loss_params=[1]), ["'loss_params'", "expects dict"], TYPE, True),
+    case("C-model-params-unknown-key", dict(model_params={"widht": 3}), ["model_params", "widht", "accepted", "hidden"],
+         VALUE, True),
+    case("C-sampler-params-unknown-key", dict(sampler="q-sample", sampler_params={"q": 1}), ["sampler_params", "'q'",
+                                                                                           "accepted: beta, r"], VALUE, True),
+    case("C-method-params-unknown-key", dict(method="cmo", epochs=3, method_params={"bogus": 2}),
+         ["method 'cmo'", "bogus", "valid: alpha"], VALUE, True),
+    case("C-method-params-for-no-method", dict(method_params={"prob": 0.5}), ["'none'", "prob", "valid: none"], VALUE, True),
+    case("C-method-params-out-of-range", dict(method="cmo", epochs=3, method_params={"prob": 2}),
+         ["prob=2", "[0, 1]", "the paper uses 0.5"], VALUE, True),
+    case("C-method-params-wrong-type", dict(method="cmo", epochs=3, method_params={"prob": "0.5"}),
+         ["prob", "expects float"], TYPE, True),
+    case("C-method-params-none-off-type", dict(method="cmo", epochs=3, method_params={"off_first": "2"}),
+         ["off_first", "int | None"], TYPE, True),
+    case("C-method-never-on", dict(method="cmo", epochs=1, method_params={"off_first": 1, "off_last": 1}),
+         ["would never be on", "off_first=1", "lower them"], ValueError, False),
+    case("C-unknown-method", dict(method="nope"), ["unknown method 'nope'", "choose one of", "cmo"], VALUE, True),
+    case("C-unknown-loss", dict(loss="xent"), ["unknown loss 'xent'", "choose one of", "ldam-drw"], VALUE, True),
+    case("C-unknown-model", dict(model="resnet9"), ["unknown model 'resnet9'", "choose one of", "resnet32"], VALUE, True),
+    case("C-unknown-sampler", dict(sampler="balanced2"), ["unknown sampler 'balanced2'", "class-balanced"], VALUE, True),
+    case("C-unknown-dataset", dict(dataset="mnist-lt"), ["unknown dataset 'mnist-lt'", "digits-lt"], VALUE, True),
+    case("C-unknown-schedule", dict(schedule="linear"), ["unknown schedule 'linear'", "step, cosine"], VALUE, True),
+    case("C-unknown-augment", dict(augment="mixup"), ["unknown augment 'mixup'", "crop-flip"], VALUE, True),
+    case("C-unknown-device", dict(device="tpu"), ["unknown device 'tpu'", "auto, cpu, cuda"], VALUE, True),
+    case("C-unknown-if-exists", dict(if_exists="replace"), ["unknown if_exists 'replace'", "resume"], VALUE, True),
+    case("C-unknown-subset", dict(subset="random"), ["unknown subset 'random'", "shuffle, first"], VALUE, True),
+    case("C-name-dotdot", dict(name="..", if_exists="overwrite"), ["run name '..'", "e.g."], VALUE, True),
+    case("C-name-dot", dict(name=".", if_exists="overwrite"), ["run name '.'", "e.g."], VALUE, True),
+    case("C-name-parent-path", dict(name="../x"), ["run name '../x'", "path separator"], VALUE, True),
+    case("C-name-absolute", lambda tmp: dict(name=str(tmp / "elsewhere")), ["run name '/", "absolute paths"], VALUE, True),
+    case("C-name-subfolder", dict(name="a/b"), ["run name 'a/b'", "sub-folders"], VALUE, True),
+    case("C-name-empty", dict(name=""), ["run name ''", "is empty", "e.g."], VALUE, True),
+    case("C-name-not-a-string", dict(name=3), ["'name'", "expects str"], TYPE, True),
+    case("C-seed-negative", dict(seed=-1), ["seed=-1", ">= 0"], VALUE, True),
+    case("C-eval-every-zero", dict(eval_every=0), ["eval_every=0", ">= 1"], VALUE, True),
+    case("C-checkpoint-every-zero", dict(checkpoint_every=0), ["checkpoint_every=0", ">= 1"], VALUE, True),
+    case("C-num-workers-negative", dict(num_workers=-1), ["num_workers=-1", ">= 0"], VALUE, True),
+    case("C-nesterov-string", dict(nesterov="yes"), ["'nesterov'", "expects bool"], TYPE, True),
+    case("C-amp-int", dict(amp=1), ["'amp'", "expects bool"], TYPE, True),
+    case("C-verify-checksums-string", dict(verify_checksums="yes"), ["'verify_checksums'", "expects bool"], TYPE, True),
+    case("C-data-root-int", dict(data_root=5), ["'data_root'", "expects str | None"], TYPE, True),
+    case("C-label-int", dict(label=7), ["'label'", "expects str | None"], TYPE, True),
+    case("C-out-dir-int", dict(out_dir=3), ["'out_dir'", "expects str"], TYPE, True),
+    case("C-focal-gamma-nan", dict(loss="focal", loss_params={"gamma": NAN}), ["gamma=nan", "finite", "plain CE"],
+         VALUE, False),
+    case("C-ldam-margin-negative", dict(loss="ldam", loss_params={"max_margin": -1.0}), ["max_margin=-1", ">= 0"],
+         VALUE, False),
+    case("C-cb-beta-above-one", dict(loss="cb", loss_params={"beta": 2.0}), ["beta=2", "[0, 1)", "0.9999"], VALUE, False),
+    case("C-weighted-ce-wrong-length", dict(loss="weighted-ce", loss_params={"weights": [1.0, 2.0]}),
+         ["weights", "one entry per class (10)"], VALUE, False),
+    case("C-imbalance-factor-for-split-files", dict(dataset="imagenet-lt", imbalance_factor=10.0),
+         ["imbalance_factor", "leave imbalance_factor=None"], VALUE, True),
+    case("C-cifar-without-data-root", dict(dataset="cifar10-lt"), ["cifar10-lt", "data_root"], VALUE, False),
+    case("C-cifar-data-root-missing", lambda tmp: dict(dataset="cifar10-lt", data_root=str(tmp / "nowhere")),
+         ["cifar-10-batches-py", "download"], data.DataNotFoundError, False),
+    case("C-model-params-hidden-negative", dict(model_params={"hidden": -1}), ["hidden", ">= 1"], VALUE, False),
+    case("C-model-params-width-zero", dict(model="small-cnn", model_params={"width": 0}), ["width", ">= 1"], VALUE, False),
+    case("C-model-params-cosine-head-string", dict(model_params={"cosine_head": "yes"}), ["cosine_head", "True or False"],
+         TYPE, False),
+    case("C-model-params-mean-length", dict(model_params={"mean": [0.5, 0.5]}), ["mean has 2", "e.g. mean=(0.5,)"],
+         VALUE, False),
+    case("C-model-params-std-zero", dict(model_params={"std": [0.0]}), ["std", "> 0"], VALUE, False),
+    case("C-resnet32-grey-without-mean", dict(model="resnet32", model_params={"in_channels": 1}),
+         ["in_channels=1 but mean has 3", "e.g. mean=(0.5,)"], VALUE, False),
+    case("C-data-seed-too-large", dict(data_seed=2**32), ["seed=4294967296", "data_seed"], VALUE, False),
+    case("C-out-dir-is-a-file", lambda tmp: (tmp / "f").write_text("x") and dict(out_dir=str(tmp / "f")),
+         ["is a file", "another out_dir"], VALUE, False),
+    case("X-device-cuda-without-gpu", dict(device="cuda"), ["device='cuda'", "use device='auto'"], VALUE, False,
+         xfail=FIX_CUDA, skip="a GPU is visible: device='cuda' is valid here" if torch.cuda.is_available() else None),
+    case("X-model-params-in-channels-mismatch", dict(model_params={"in_channels": 3}), ["in_channels", "channels"],
+         VALUE, False, xfail=FIX_IN_CHANNELS),
+    case("X-threads-zero", dict(threads=0), ["threads", ">= 1"], VALUE, True, xfail=FIX_THREADS),
+    case("X-seed-too-large", dict(seed=2**70), ["seed", "2**63"], VALUE, True, xfail=FIX_SEED),
+    case("X-sampler-r-nan-checked-late", dict(sampler="q-sample", sampler_params={"r": NAN}), ["r=nan", "finite"],
+         VALUE, True, xfail=FIX_SAMPLER_VALUES),
+    case("X-sampler-param-silently-ignored", dict(sampler="class-balanced", sampler_params={"r": 0.5}),
+         ["sampler_params", "'r'"], VALUE, True, xfail=FIX_SAMPLER_KEYS),
+]
+
+
+def files_of(root: Path) -> dict[str, str]:
+    return {k: v for k, v in tree(root).items() if v != "dir"}
+
+
+@pytest.mark.parametrize("overrides, needles, expected, early", CONFIG_CASES)
+def test_config_field(tmp_path, overrides, needles, expected, early):
+    overrides = overrides(tmp_path) if callable(overrides) else overrides
+    overrides = {"out_dir": str(tmp_path / "out"), **overrides}
+    before = tree(tmp_path)
+    if early:  # refused by validation, before any folder is made
+        raises_clear(lambda: train.make_config(**{**train.PRESETS["digits-lt"], **TINY, **overrides}), needles, expected)
+    raises_clear(lambda: train.fit("digits-lt", **{**TINY, **overrides}), needles, expected)
+    after = tree(tmp_path)
+    assert files_of(tmp_path) == {k: v for k, v in before.items() if v != "dir"}, "files were left behind"
+    assert all(v == "dir" for k, v in after.items() if k not in before)  # at most an empty out_dir
+    assert not runs._HELD, "a run directory is still held"
