@@ -258,6 +258,7 @@ class Batch:
     lam: float = 1.0  # weight of y; y2 gets 1 - lam
     step: int = 0  # the optimiser step within the epoch
     global_size: int = 0  # images in this step's global batch (all ranks together; 0: unknown)
+    global_index: Tensor | None = None  # the training-set positions of the whole global batch (tensor data)
 
 
 @dataclass(frozen=True)
@@ -586,7 +587,8 @@ def tensor_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
         x = to_unit_float(ctx.train_x[idx])
         if augment is not None:
             x = apply_augmentation(x, config.crop_padding, *(a if a is None else a[mine] for a in augment))
-        yield Batch(x=x, y=ctx.train_y[idx], index=idx, step=step, global_size=part.stop - part.start)
+        yield Batch(x=x, y=ctx.train_y[idx], index=idx, step=step, global_size=part.stop - part.start,
+                    global_index=order[part])
 
 
 def _augmentation(ctx: Context, n: int, generator: torch.Generator) -> tuple | None:
