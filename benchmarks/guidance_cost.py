@@ -7,9 +7,18 @@ side in one process, on the same model, classes and initial noise:
 
 * **unguided**: DDIM with classifier-free guidance (one batched forward pass of
   ``2B`` images per step);
-* **guided**: the same plus, at every ``every``-th step, one conditional forward
-  pass, the frozen classifier on ``x̂0`` and a backward pass to ``x_t``
-  (float32), for each criterion (loss, entropy, hardness) and each ``--every``.
+* **guided**, for each sampler (``Guidance.mode``), criterion (loss, entropy,
+  hardness) and ``--every``: at every ``every``-th step the frozen classifier on
+  ``x̂0`` and a backward pass to ``x_t`` (float32), and
+
+  - ``released`` (the authors' sampler, facebookresearch/Feedback-guided-Data-Synthesis):
+    the conditional forward pass with gradients is the conditional half of the
+    step's CFG noise, predicted before the guidance move, plus an unconditional
+    pass: ``B + B`` images through the network per guided step;
+  - ``re-evaluate``: a conditional forward pass with gradients, then the CFG noise
+    predicted again at the moved point: ``B + 2B`` images per guided step.
+
+The ratio column is the guided time per image over the unguided one.
 
 Model: the committed ``digits-lt`` checkpoint (``ltkit.methods.diffusion``, 0.64 M
 parameters, 1x8x8) and feedback classifier, or ``--random`` for a randomly
@@ -23,6 +32,7 @@ Run it
 ------
     python benchmarks/guidance_cost.py                    # CPU (+ GPU if available): 10 steps, every 1 and 2, batch 64
     python benchmarks/guidance_cost.py --steps 30 --every 5 --cfg 3 --scale 0.03 --batch 256   # the paper's schedule
+    python benchmarks/guidance_cost.py --criteria entropy --modes released   # one row per --every
 
 (from the repository root).  It prints; it is not a test.
 """
@@ -73,22 +83,32 @@ def run(device: str, args) -> None:
     model, clf = _models(args.random, device)
     labels = torch.arange(args.batch) % 10
     common = dict(steps=args.steps, cfg_scale=args.cfg, seed=0)
-    variants = {"unguided": None, **{f"{c}, every {k}": feedback.Guidance(c, args.scale, every=k)
-                                     for k in args.every for c in feedback.CRITERIA}}
+    variants = {("unguided", "", 0): None}
+    for mode in args.modes:
+        for k in args.every:
+            for c in args.criteria:
+                variants[mode, c, k] = feedback.Guidance(c, args.scale, every=k, mode=mode)
     sample = lambda g: feedback.guided_sample(model, labels, clf, g, **common)  # noqa: E731
-    sample(feedback.Guidance("entropy", args.scale))  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, guidance in variants.items():
-            times[name].append(_time(lambda: sample(guidance), device) / args.batch)
-    base = statistics.median(times["unguided"])
+    for mode in args.modes:  # warm-up
+        sample(feedback.Guidance("entropy", args.scale, mode=mode))
+    times: dict[tuple, list[float]] = {key: [] for key in variants}
+    for _ in range(args.repeats):  # interleaved: a busy machine slows every variant alike
+        for key, guidance in variants.items():
+            times[key].append(_time(lambda: sample(guidance), device) / args.batch)
+    base = statistics.median(times["unguided", "", 0])
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}: {args.steps} DDIM steps, CFG {args.cfg}, feedback scale {args.scale}, batch {args.batch}, "
           f"median of {args.repeats}")
-    print(f"{'sampler':>20} {'ms / image':>11} {'x unguided':>11}")
-    for variant, values in times.items():
+    print(f"{'sampler':>12} {'criterion':>9} {'every':>5} {'ms / image':>11} {'x unguided':>11}")
+    ratios: dict[tuple, list[float]] = {}
+    for (mode, criterion, k), values in times.items():
         median = statistics.median(values)
-        print(f"{variant:>20} {1000 * median:11.2f} {median / base:11.2f}")
+        print(f"{mode:>12} {criterion:>9} {k or '':>5} {1000 * median:11.2f} {median / base:11.2f}")
+        if mode != "unguided":
+            ratios.setdefault((mode, k), []).append(median / base)
+    print("guided / unguided per image, over the criteria:")
+    for (mode, k), values in ratios.items():
+        print(f"  {mode:>12}, every {k}: {min(values):.2f} - {max(values):.2f}x")
 
 
 def main() -> None:
@@ -98,6 +118,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, nargs="+", default=[1, 2],
                         help="feedback at every k-th DDIM step (the paper's code: 5); several values allowed")
     parser.add_argument("--scale", type=float, default=0.1)
+    parser.add_argument("--modes", nargs="+", default=list(feedback.MODES), choices=feedback.MODES,
+                        help="samplers to time side by side (default: both)")
+    parser.add_argument("--criteria", nargs="+", default=list(feedback.CRITERIA), choices=feedback.CRITERIA)
     parser.add_argument("--cfg", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)

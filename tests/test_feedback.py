@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
-from ltkit import data, launch, losses, models, runs, train
+from ltkit import checks, data, launch, losses, models, runs, train
 from ltkit.methods import diffusion, feedback
 from ltkit.methods.feedback import FeedbackClassifier, Guidance
 
@@ -118,6 +118,250 @@ def test_guidance_every_k_steps_and_the_log(tiny):
     feedback.guided_sample(model, [1, 2], clf, Guidance("loss", 0.05, every=3), steps=7, log=log)
     assert [step for step, _, _ in log] == [0, 3, 6]
     assert all(values.shape == (2,) for _, _, values in log)
+
+
+# --------------------------------------------------------------------------- the criteria against float64 re-derivations
+# The released criteria: facebookresearch/Feedback-guided-Data-Synthesis, fg_pipe.py (commit
+# 60dd027b7f5a4c133fcf6b43e98bc5dbdd5cacb6), FeedbackGuidedDiffusion.compute_classifier_fg_criterion:
+# "loss" is the cross-entropy of the logits with a one-hot target of the intended class, "entropy" the
+# cross-entropy of the logits with their own softmax (the target is not detached: the gradient flows through
+# both arguments).  Re-derived here in float64 (numpy, log1p / expm1 where 1 + tiny would round):
+#   loss    C = -log p_y,              ∂C/∂z_j = p_j - [j = y]   (= expm1(log p_y) at j = y)
+#   entropy H = -Σ_k p_k log p_k,      ∂H/∂z_j = -Σ_k p_k (δ_kj - p_j)(log p_k + 1) = -p_j (log p_j + H)
+def _log_softmax64(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(1, keepdims=True)
+    e = np.exp(shifted)
+    e[np.arange(len(z)), shifted.argmax(1)] = 0.0  # Σ_k exp(z_k - max) = 1 + (the others)
+    return shifted - np.log1p(e.sum(1))[:, None]
+
+
+def _entropy64(z):
+    log_p = _log_softmax64(z)
+    p = np.exp(log_p)
+    h = -(p * log_p).sum(1)
+    return h, -p * (log_p + h[:, None])
+
+
+def _loss64(z, y):
+    log_p = _log_softmax64(z)
+    grad = np.exp(log_p)
+    rows = np.arange(len(z))
+    grad[rows, y] = np.expm1(log_p[rows, y])
+    return -log_p[rows, y], grad
+
+
+def _degrees(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+
+
+def _ltkit_criterion(kind, z, y):
+    z = torch.tensor(z, dtype=torch.float32, requires_grad=True)
+    value = feedback.criterion_values(kind, z, torch.as_tensor(y))
+    (grad,) = torch.autograd.grad(value.sum(), z)
+    return value.detach().double().numpy(), grad.double().numpy()
+
+
+def _saturated_logits(gap: float, n: int = 64, seed: int = 0):
+    """Random logits with one class ``gap`` above the others (a confident classifier); y = that class or not."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 10))
+    top = rng.integers(0, 10, n)
+    z[np.arange(n), top] += gap
+    return z.astype(np.float32).astype(np.float64), top  # float32-representable inputs for both sides
+
+
+def test_the_float64_references_are_the_released_expressions_differentiated_by_torch():
+    """The re-derivation itself: torch's float64 autograd of the released expressions on unsaturated logits."""
+    z = torch.randn(32, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    y = torch.arange(32) % 10
+    z_in = z.clone().requires_grad_(True)
+    released = {"entropy": torch.nn.functional.cross_entropy(z_in, z_in.softmax(-1), reduction="none"),
+                "loss": torch.nn.functional.cross_entropy(z_in, torch.nn.functional.one_hot(y, 10).double(),
+                                                          reduction="none")}
+    for kind, (value, grad) in {"entropy": _entropy64(z.numpy()), "loss": _loss64(z.numpy(), y.numpy())}.items():
+        (expected_grad,) = torch.autograd.grad(released[kind].sum(), z_in)
+        np.testing.assert_allclose(value, released[kind].detach().numpy(), rtol=1e-12)
+        np.testing.assert_allclose(grad, expected_grad.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["entropy", "loss"])
+def test_criteria_match_the_float64_rederivation_on_random_logits(kind):
+    rng = np.random.default_rng(1)
+    z = (rng.normal(size=(256, 10)) * 3).astype(np.float32).astype(np.float64)
+    y = rng.integers(0, 10, 256)
+    value, grad = _ltkit_criterion(kind, z, y)
+    ref_value, ref_grad = _entropy64(z) if kind == "entropy" else _loss64(z, y)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5, atol=1e-7)
+    scale = np.linalg.norm(ref_grad, axis=1, keepdims=True)
+    assert (np.abs(grad - ref_grad) / scale).max() < 1e-5
+    assert _degrees(grad, ref_grad).max() < 0.01
+
+
+@pytest.mark.parametrize("gap", [15, 20, 30, 50, 80])
+@pytest.mark.parametrize("kind, intended", [("entropy", "top"), ("loss", "top"), ("loss", "other")])
+def test_criteria_keep_their_direction_on_saturated_logits(kind, intended, gap):
+    """Angle to the float64 gradient < 1 degree (measured: < 0.001) where the earlier float32 formulas
+    (-Σ p log p through log_softmax; F.cross_entropy) are up to ~70 degrees off from a gap of ~20 on."""
+    z, top = _saturated_logits(gap, seed=gap)
+    y = top if intended == "top" else (top + 1 + np.arange(len(top)) % 9) % 10
+    value, grad = _ltkit_criterion(kind, z, y)
+    ref_value, ref_grad = _entropy64(z) if kind == "entropy" else _loss64(z, y)
+    np.testing.assert_allclose(value, ref_value, rtol=2e-5)  # measured <= 2.5e-6: exp(z - max) carries ~gap * 2^-24
+    assert _degrees(grad, ref_grad).max() < 1.0
+    if intended == "top" and gap >= 30:  # the formulas this replaces: the test would catch them
+        z32 = torch.tensor(z, dtype=torch.float32, requires_grad=True)
+        if kind == "entropy":
+            log_p = z32.log_softmax(1)
+            naive = -(log_p.exp() * log_p).sum(1)
+        else:
+            naive = torch.nn.functional.cross_entropy(z32, torch.as_tensor(y), reduction="none")
+        (naive_grad,) = torch.autograd.grad(naive.sum(), z32)
+        assert _degrees(naive_grad.numpy(), ref_grad).max() > 10
+
+
+@pytest.mark.parametrize("kind", ["entropy", "loss"])
+def test_fully_saturated_logits_give_a_zero_gradient_and_no_step(kind):
+    """Beyond float32's range (every other probability underflows) there is no direction: zero, not noise."""
+    z, top = _saturated_logits(200.0, n=8)
+    value, grad = _ltkit_criterion(kind, z, top)
+    assert (value == 0).all() and (grad == 0).all()
+    x = torch.randn(8, 10)
+    for mode in feedback.MODES:
+        step = feedback.normalised_step(torch.tensor(grad).float(), x, 0.03, Guidance(mode=mode).eps)
+        assert torch.equal(step, torch.zeros_like(step))
+
+
+def test_hardness_matches_a_float64_rederivation():
+    """Mahalanobis hardness (Sehwag et al. 2022; not in the released code): C = dᵀ P d with d = φ - μ_y,
+    ∇_φ C = (P + Pᵀ) d; a precision with condition number 1e4 and features near and far from the means."""
+    rng = np.random.default_rng(2)
+    dim, classes = 16, 4
+    q, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    precision = (q * np.logspace(0, 4, dim)) @ q.T
+    precision = ((precision + precision.T) / 2).astype(np.float32)
+    means = rng.normal(size=(classes, dim)).astype(np.float32) * 5
+    y = np.arange(64) % classes
+    for spread in (1.0, 1e-3):
+        feats = (means[y] + spread * rng.normal(size=(64, dim))).astype(np.float32)
+        f = torch.tensor(feats, requires_grad=True)
+        value = feedback.criterion_values("hardness", torch.zeros(64, classes), torch.as_tensor(y), f,
+                                          torch.tensor(means), torch.tensor(precision))
+        (grad,) = torch.autograd.grad(value.sum(), f)
+        d = feats.astype(np.float64) - means.astype(np.float64)[y]
+        p64 = precision.astype(np.float64)
+        np.testing.assert_allclose(value.detach().numpy(), np.einsum("ni,ij,nj->n", d, p64, d), rtol=1e-4)
+        assert _degrees(grad.numpy(), d @ (p64 + p64.T)).max() < 1.0
+
+
+# --------------------------------------------------------------------------- the two samplers
+def test_guidance_modes_defaults_and_bad_settings():
+    released, again = Guidance(), Guidance("entropy", 0.03, 1, "released", True, True)
+    assert released == again and released.reuses_noise and released.eps == 1e-8
+    earlier = Guidance(mode="re-evaluate")
+    assert (earlier.blend, earlier.rescale, earlier.reuses_noise, earlier.eps) == (False, False, False, 1e-12)
+    assert Guidance(mode="re-evaluate", blend=True).blend and not Guidance(rescale=False).rescale
+    assert feedback.PAPER_SETTINGS["guidance"].mode == "released"
+    assert feedback.fill_guidance("entropy") == feedback.QUICK_SETTINGS["guidance"]
+    assert feedback.fill_guidance("loss", mode="released").mode == "released" and feedback.fill_guidance("s0") is None
+    bad = [(dict(mode="paper"), checks.InputError, "unknown mode 'paper'; choose one of: released, re-evaluate"),
+           (dict(blend="yes"), checks.InputTypeError, "blend must be True or False"),
+           (dict(rescale=1), checks.InputTypeError, "rescale must be True or False"),
+           (dict(scale=float("nan")), checks.InputError, "scale=nan must be a finite number"),
+           (dict(every=2.0), checks.InputTypeError, "every must be an integer"),
+           (dict(every=0), checks.InputError, "every=0 must be >= 1"),
+           (dict(criterion="margin"), checks.InputError, "unknown criterion 'margin'")]
+    for kwargs, error, message in bad:
+        with pytest.raises(error, match=message):
+            Guidance(**kwargs)
+    with pytest.raises(checks.InputError, match="unknown fill 'x'"):
+        feedback.fill_guidance("x")
+
+
+def _reference_sampler(model, clf, labels, noise, kind, scale, every, steps, cfg, *, reuse, blend, rescale, eps):
+    """The guided DDIM loop written out one image at a time, as the released pipeline runs it
+    (facebookresearch/Feedback-guided-Data-Synthesis, fg_pipe.py, commit 60dd027b: __call__ and cond_fn):
+    CFG noise at x_t; at every ``every``-th step the conditional prediction at x_t, x̂0, the blend
+    sqrt(1-ᾱ) x̂0 + (1 - sqrt(1-ᾱ)) x_t, the decoded image min-max rescaled, the released criterion, its gradient
+    normalised by (‖g‖ + eps) times ‖x_t‖ times s, added to x_t; the step with the noise from before the move
+    (``reuse``) or — ltkit's re-evaluating variant — with the noise predicted again at the moved x_t."""
+    F = torch.nn.functional
+    scheduler = model.ddim_scheduler()
+    out = []
+    for b in range(len(labels)):
+        y = labels[b:b + 1]
+        both = dict(class_labels=torch.cat([y, torch.full_like(y, model.null_class)]))
+        x = noise[b:b + 1].clone()
+        scheduler.set_timesteps(steps)
+
+        def cfg_noise(z, t):
+            c, u = model.unet(torch.cat([z, z]), t, **both).sample.chunk(2)
+            return u + cfg * (c - u)
+
+        for i, t in enumerate(scheduler.timesteps):
+            with torch.no_grad():
+                noise_pred = cfg_noise(x, t)
+            if i % every == 0:
+                latents = x.detach().requires_grad_()
+                with torch.enable_grad():
+                    pred = model.unet(latents, t, class_labels=y).sample
+                    ab = scheduler.alphas_cumprod[t]
+                    x0 = (latents - (1 - ab) ** 0.5 * pred) / ab ** 0.5
+                    fac = (1 - ab) ** 0.5
+                    sample = x0 * fac + latents * (1 - fac) if blend else x0
+                    image = (sample + 1) / 2
+                    if rescale:
+                        image = image - image.min().detach()
+                        image = image / image.max().detach()
+                    logits = clf(image)
+                    if kind == "loss":
+                        crit = F.cross_entropy(logits, F.one_hot(y, 10).float())
+                    else:
+                        crit = F.cross_entropy(logits, F.softmax(logits, dim=-1))
+                    (grads,) = torch.autograd.grad(crit, latents)
+                x = x + grads / (grads.norm(2) + eps) * latents.norm(2).detach() * scale
+                if not reuse:
+                    with torch.no_grad():
+                        noise_pred = cfg_noise(x, t)
+            x = scheduler.step(noise_pred, t, x).prev_sample
+        out.append(x)
+    return diffusion.to_unit(torch.cat(out))
+
+
+@pytest.mark.parametrize("kind", ["entropy", "loss"])
+@pytest.mark.parametrize("mode", feedback.MODES)
+def test_each_mode_is_its_sampler_written_out(tiny, kind, mode):
+    model, clf = tiny
+    labels = torch.tensor([0, 4, 9])
+    noise = model.initial_noise(3, 21)
+    guidance = Guidance(kind, 0.2, every=2, mode=mode)
+    ours = feedback.guided_sample(model, labels, clf, guidance, steps=5, cfg_scale=2.0, noise=noise)
+    reference = _reference_sampler(model, clf, labels, noise, kind, 0.2, 2, 5, 2.0, reuse=guidance.reuses_noise,
+                                   blend=guidance.blend, rescale=guidance.rescale, eps=guidance.eps)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-4)
+    other = feedback.guided_sample(model, labels, clf, Guidance(kind, 0.2, every=2, mode=[m for m in feedback.MODES
+                                                                                          if m != mode][0]),
+                                   steps=5, cfg_scale=2.0, noise=noise)
+    assert (other - ours).abs().max() > 1e-3  # the two samplers differ
+
+
+def test_the_released_mode_saves_one_network_evaluation_per_guided_step(tiny):
+    """Images through the UNet per guided step: B (conditional, with gradients) + B (unconditional) when the
+    noise predicted before the move is reused, B + 2B when it is predicted again; the plain step: 2B."""
+    model, clf = tiny
+    seen = []
+    handle = model.unet.register_forward_pre_hook(lambda module, args, kwargs: seen.append(len(args[0])),
+                                                  with_kwargs=True)
+    try:
+        counts = {}
+        for name, guidance in [("plain", None), *[(m, Guidance("entropy", 0.1, every=2, mode=m)) for m in feedback.MODES]]:
+            seen.clear()
+            feedback.guided_sample(model, [1, 2, 3], clf, guidance, steps=4)
+            counts[name] = sum(seen)
+    finally:
+        handle.remove()
+    assert counts == {"plain": 4 * 6, "released": 4 * 6, "re-evaluate": 2 * 6 + 2 * 9}
 
 
 # --------------------------------------------------------------------------- Mahalanobis hardness
@@ -265,7 +509,7 @@ def test_missing_checkpoints_and_bad_settings_give_clear_errors(tmp_path, tiny):
         feedback.SyntheticSet.load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="unknown criterion 'margin'"):
         Guidance("margin")
-    with pytest.raises(ValueError, match="scale=-0.1 must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"scale=-0.1 must be >= 0 \(0 = no feedback"):
         Guidance("loss", -0.1)
     with pytest.raises(ValueError, match=r"class labels must lie in \[0, 10\)"):
         tiny[0].sample([10])

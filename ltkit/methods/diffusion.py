@@ -20,10 +20,13 @@ the building blocks of ``diffusers``:
 * **Sampling** (DDIM, Song et al., 2021, ``eta = 0``): a
   :class:`diffusers.DDIMScheduler` built from the same noise schedule, with the
   classifier-free guided noise ``ε = ε_u + w (ε_c - ε_u)``.  The loop
-  :func:`ddim_loop` takes a hook ``before_step(i, t, x_t) -> x_t`` run before
-  every DDIM step: :mod:`ltkit.methods.feedback` puts the feedback gradient there, and
-  without a hook it is the plain sampler (so "scale 0" is bit-exactly the
-  unguided sampler).
+  :func:`ddim_loop` takes a hook ``guide(i, t, x_t) -> (x_t, ε)`` that may move
+  ``x_t`` and supply the noise of the step (:mod:`ltkit.methods.feedback` puts the
+  feedback gradient there: the released sampler steps with the noise predicted
+  before the move, the re-evaluating one with the noise at the moved point), or
+  ``before_step(i, t, x_t) -> x_t``, a move followed by the ordinary step; without
+  a hook it is the plain sampler (so "scale 0" is bit-exactly the unguided
+  sampler).
 * The prediction of the clean image from a noisy one (DDIM eq. 12),
   ``x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t)``, is :func:`predicted_x0`.
 
@@ -61,6 +64,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .. import checks
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # ltkit/checkpoints (package data)
 CHECKPOINTS = {"digits-lt": "digits-lt-ddpm", "digits-balanced": "digits-balanced-ddpm"}
@@ -139,15 +144,16 @@ class ClassDiffusion:
 
     @torch.no_grad()
     def sample(self, labels: Tensor | list[int], *, steps: int = 10, cfg_scale: float = 2.0, seed: int = 0,
-               noise: Tensor | None = None, before_step: Callable | None = None,
+               noise: Tensor | None = None, before_step: Callable | None = None, guide: Callable | None = None,
                record: bool = False) -> Tensor | "DDIMTrajectory":
-        """DDIM samples of the given classes in [0, 1] (or the whole trajectory with ``record=True``)."""
+        """DDIM samples of the given classes in [0, 1] (or the whole trajectory with ``record=True``);
+        ``before_step`` / ``guide``: the hooks of :func:`ddim_loop`."""
         labels = self.check_labels(labels)
         x = self.initial_noise(len(labels), seed) if noise is None else noise
         cond = dict(class_labels=labels)
         uncond = dict(class_labels=torch.full_like(labels, self.null_class))
         out = ddim_loop(self.unet, self.ddim_scheduler(), x.to(self.device), cond, uncond, steps=steps,
-                        cfg_scale=cfg_scale, before_step=before_step, record=record)
+                        cfg_scale=cfg_scale, before_step=before_step, guide=guide, record=record)
         if record:
             return out
         return to_unit(out)
@@ -235,20 +241,27 @@ def cfg_noise(unet, x: Tensor, t: Tensor, cond: dict, uncond: dict, cfg_scale: f
 
 
 def ddim_loop(unet, scheduler, x: Tensor, cond: dict, uncond: dict, *, steps: int, cfg_scale: float,
-              before_step: Callable[[int, Tensor, Tensor], Tensor] | None = None, record: bool = False,
-              progress: bool = False) -> Tensor | DDIMTrajectory:
+              before_step: Callable[[int, Tensor, Tensor], Tensor] | None = None,
+              guide: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None = None,
+              record: bool = False, progress: bool = False) -> Tensor | DDIMTrajectory:
     """Deterministic DDIM (eta = 0) with classifier-free guidance, in model space.
 
     ``cond`` / ``uncond`` are keyword arguments of ``unet`` (``class_labels=...``
-    or ``encoder_hidden_states=...``).  ``before_step(i, t, x_t)`` may move
-    ``x_t`` before step ``i`` (feedback guidance); the scheduler's step then
-    uses the CFG noise at the moved point.  Everything is float32 except the
-    network's own forward pass, which runs in the network's dtype.
+    or ``encoder_hidden_states=...``).  Two hooks may change a step:
+
+    * ``before_step(i, t, x_t) -> x_t`` moves ``x_t`` before step ``i``; the
+      step then uses the CFG noise predicted at the moved point;
+    * ``guide(i, t, x_t) -> (x_t, ε)`` or ``None`` replaces the step's noise
+      prediction: it returns the (moved) ``x_t`` and the CFG noise the DDIM step
+      uses with it — the feedback guidance of :mod:`ltkit.methods.feedback`,
+      whose released sampler steps with the noise predicted *before* its move.
+      ``None`` is the plain step.
+
+    Everything is float32 except the network's own forward pass, which runs in
+    the network's dtype.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r} must be a positive integer (the paper uses 30 DDIM steps).")
-    if not math.isfinite(cfg_scale) or cfg_scale < 0:
-        raise ValueError(f"cfg_scale={cfg_scale} must be a finite number >= 0 (1 = no guidance, the paper uses 3).")
+    checks.integer("steps", steps, low=1, hint="the paper uses 30 DDIM steps")
+    checks.real("cfg_scale", cfg_scale, low=0, hint="1 = no guidance, the paper uses 3")
     if not torch.isfinite(x).all():
         raise ValueError("the initial noise x_T contains NaN or inf values: pass finite noise.")
     scheduler.set_timesteps(steps, device=x.device)
@@ -263,7 +276,11 @@ def ddim_loop(unet, scheduler, x: Tensor, cond: dict, uncond: dict, *, steps: in
     for i, t in enumerate(iterator):
         if before_step is not None:
             x = before_step(i, t, x)
-        eps = cfg_noise(unet, scheduler.scale_model_input(x, t), t, cond, uncond, cfg_scale)
+        guided = guide(i, t, x) if guide is not None else None
+        if guided is None:
+            eps = cfg_noise(unet, scheduler.scale_model_input(x, t), t, cond, uncond, cfg_scale)
+        else:
+            x, eps = guided
         out = scheduler.step(eps, t, x, eta=0.0)
         x = out.prev_sample.float()
         if record:

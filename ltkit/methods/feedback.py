@@ -12,29 +12,61 @@ classifier still finds informative.  A frozen classifier ``f`` trained on the
 long-tailed real data only gives a criterion ``C`` on the model's current
 guess of the clean image; its gradient pushes the noisy sample uphill.
 
-At a guided DDIM step ``t`` (every ``every``-th step, in float32):
+At a guided DDIM step ``t`` (every ``every``-th step, in float32), as the
+released sampler (``fg_pipe.py``: ``__call__`` and ``cond_fn``) does it:
 
-1. ``x̂0 = (x_t - sqrt(1 - ᾱ_t) ε_θ(x_t, t, y)) / sqrt(ᾱ_t)`` from the
-   *conditional* noise prediction (:func:`ltkit.methods.diffusion.predicted_x0`);
-   optionally blended, ``m = f x̂0 + (1 - f) x_t`` with ``f = sqrt(1 - ᾱ_t)``
-   (``blend=True``; off by default);
-2. a criterion on ``f(decode(x̂0))``, with ``p = softmax(logits)``:
+1. the classifier-free guided noise ``ε = ε_u + w (ε_c - ε_u)`` at ``x_t``,
+   with ``ε_c = ε_θ(x_t, t, y)`` and ``ε_u`` the null class's prediction;
+2. ``x̂0 = (x_t - sqrt(1 - ᾱ_t) ε_c) / sqrt(ᾱ_t)`` from the *conditional*
+   prediction (:func:`ltkit.methods.diffusion.predicted_x0`), in the graph of
+   ``x_t``, blended ``m = f x̂0 + (1 - f) x_t`` with ``f = sqrt(1 - ᾱ_t)``;
+3. the decoded image (``(m + 1) / 2`` here, the VAE at paper scale) min–max
+   rescaled to [0, 1] with detached minimum and maximum (:func:`minmax_rescale`),
+   and a criterion on the classifier's output, ``p = softmax(logits)``:
 
-   * ``"loss"``:     ``C = -log p_y`` (the intended class ``y``);
-   * ``"entropy"``:  ``C = -Σ_k p_k log p_k``;
+   * ``"loss"``:     ``C = -log p_y`` (the intended class ``y``; :func:`target_loss`);
+   * ``"entropy"``:  ``C = -Σ_k p_k log p_k`` (the released code writes it as the
+     cross-entropy of the logits with their own, not detached, softmax; :func:`entropy`);
    * ``"hardness"``: ``C = (φ - μ_y)ᵀ Σ⁻¹ (φ - μ_y)``, the squared Mahalanobis
      distance of the classifier's penultimate feature ``φ`` to the
      class-conditional Gaussian of the *real* training features (Sehwag et
-     al., CVPR 2022).  One covariance shared by all classes (tied), shrunk
-     towards ``(tr Σ / D) I`` — tail classes have fewer images than feature
-     dimensions;
+     al., CVPR 2022; the paper's third criterion, not in the released code).
+     One covariance shared by all classes (tied), shrunk towards
+     ``(tr Σ / D) I`` — tail classes have fewer images than feature dimensions;
 
-3. ``g = ∇_{x_t} C``, normalised **per sample**:
-   ``g ← s · ‖x_t‖ · g / (‖g‖ + 1e-12)`` (:func:`normalised_step`);
-4. ``x_t ← x_t + g`` (gradient **ascent**), then the ordinary DDIM step with the
-   classifier-free guided noise at the moved point.
+4. ``g = ∇_{x_t} C``, normalised: ``g ← s · ‖x_t‖ · g / (‖g‖ + 1e-8)``
+   (:func:`normalised_step`);
+5. ``x_t ← x_t + g`` (gradient **ascent**), then the DDIM step from the moved
+   ``x_t`` with the noise ``ε`` of step 1, predicted *before* the move.
 
 ``s = 0`` skips the feedback: it is bit-exactly the unguided sampler.
+
+The two samplers (``Guidance.mode``)
+------------------------------------
+* ``"released"`` (the default, and :data:`PAPER_SETTINGS`): the steps above.
+  ``ε_c`` of step 1 and of step 2 is one prediction, made once with gradients
+  (:func:`released_guidance`): a guided step costs ``B + B`` images through the
+  network (conditional with gradients, unconditional without) and one
+  backward pass, against ``2B`` for a plain step.
+* ``"re-evaluate"`` (ltkit's earlier sampler, :data:`QUICK_SETTINGS`): no blend,
+  no rescaling, ``eps = 1e-12``, and the DDIM step uses the CFG noise predicted
+  again at the moved ``x_t``: ``B`` (with gradients) ``+ 2B`` images per guided step.
+
+Both change the effective strength of a given ``s``: when the noise is
+predicted again, the network reads part of the move as noise and takes it back;
+reusing it, the whole move goes into ``x̂0`` (amplified by ``1 / sqrt(ᾱ_t)``)
+and the next ``x_t``.  The blend and the rescaling change what the classifier
+sees and so the gradient.  ``blend`` and ``rescale`` can be set apart from the
+mode; notebook 06 shows the samplers side by side.
+
+Numerics: the criteria's gradients are written out (:func:`entropy`,
+:func:`target_loss`) so that they keep their direction when the classifier is
+confident.  Differentiated through ``log_softmax`` in float32, the entropy's
+gradient is up to 70 degrees off the exact (float64) one from a logit gap of
+about 20 on, and ``F.cross_entropy``'s from about 17 (its value is then 0);
+the normalisation makes any such direction a full step.  A row whose other
+probabilities all underflow (a gap beyond ~100) has value and gradient exactly
+0, so the step is 0 rather than a direction made of rounding noise.
 
 Filling: class ``c`` with ``n_c`` real images gets ``max(N_target - n_c, 0)``
 synthetic ones (``N_target`` = the largest class by default), so real +
@@ -49,6 +81,54 @@ Balanced Softmax with the real long-tailed prior, the paper's recipe
 (``prior="real"``).  ``prior="mixed"`` instead uses the class distribution the
 mixed mini-batches actually have.
 
+Departures from the released code
+---------------------------------
+Each is "departure from facebookresearch/Feedback-guided-Data-Synthesis: what
+and why" (files ``fg_pipe.py``, ``utils_gen.py``, ``generate_csvs_offline.py``
+at commit 60dd027b):
+
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: batches.  The
+  released pipeline makes one image per call, so its gradient norm, ``x_t``
+  norm and min–max rescaling are per image; ltkit samples batches and takes
+  all three per sample, which is the released computation image by image.
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: precision.
+  The released pipeline and classifier run in float16; ltkit's criterion,
+  gradient and norms are float32 with the written-out gradients above (the
+  network may still run in float16), because float16 norms underflow and the
+  autograd form loses the gradient's direction on confident rows.
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: the feedback
+  classifier.  ``utils_gen.get_classifier`` loads torchvision's ImageNet
+  ResNet-50 weights; ltkit uses a classifier trained on the long-tailed data
+  only (:class:`FeedbackClassifier`, e.g. :meth:`FeedbackClassifier.from_run`),
+  as the paper describes, and feeds it images in [0, 1] (ltkit models normalise
+  as their first step).
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: CFG scale.
+  :data:`PAPER_SETTINGS` has the paper's 3; ``generate_csvs_offline.py`` uses 5.
+  The released every-5th-step frequency and scale 0.03 are kept.
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: the
+  scheduler.  The released code steps with the pipeline's own scheduler;
+  ltkit uses DDIM (eta = 0) on the same noise schedule, the paper's sampler.
+  The released code skips the unconditional branch when ``cfg <= 1``; ltkit
+  always evaluates it (``cfg = 1`` then equals the conditional noise up to rounding).
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: fill counts.
+  The released CSV asks for ``max(N_target - n_c, 1)`` images per class (at
+  least one even for a full class); ltkit makes ``max(N_target - n_c, 0)`` so
+  that real + synthetic is exactly uniform, the paper's description.
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: seeds and
+  failures.  The released generator is seeded from the OS and a NaN image is
+  retried once then skipped; ltkit seeds image ``k`` of class ``c`` by
+  ``(seed, c, k)`` (reproducible, batch-size independent) and stops with an
+  error naming the step and the samples.  :func:`pipeline_fill` keeps the
+  decoded size unless ``image_size`` is given (the released code saves 256x256).
+* departure from facebookresearch/Feedback-guided-Data-Synthesis: the quick
+  settings.  :data:`QUICK_SETTINGS` (and the committed fills made with them)
+  use ``mode="re-evaluate"``: the tiny model's ``s = 0.1`` was chosen by eye
+  with that sampler, and notebook 06's trained results rest on those fills.
+  The released sampler is the default everywhere else and sits beside it in
+  notebook 06.
+* :func:`minmax_rescale` leaves a constant image at 0 where the released
+  ``process_image`` would divide by zero.
+
 Choices where the paper is silent or the setting differs (all parameters)
 ----------------------------------------------------------------------
 * Small scale: a tiny pixel-space model (:mod:`ltkit.methods.diffusion`, no VAE, so
@@ -58,11 +138,12 @@ Choices where the paper is silent or the setting differs (all parameters)
   (committed beside the diffusion checkpoint; :func:`train_feedback_classifier`
   re-creates it).
 * The paper's settings (30 DDIM steps, CFG 3, feedback scale 0.03; the released
-  code guides every 5th step) are :data:`PAPER_SETTINGS`.  The tiny model's
-  quick settings (:data:`QUICK_SETTINGS`: 10 DDIM steps, CFG 2, ``s = 0.1`` at
-  every 2nd step) were chosen by looking at samples and at a second
-  classifier: CFG 3 over-saturates the tiny model's digits, 10 steps look as
-  good as 20, and ``s ≥ 0.3`` turns the samples into adversarial noise.
+  code guides every 5th step) with the released sampler are :data:`PAPER_SETTINGS`.
+  The tiny model's quick settings (:data:`QUICK_SETTINGS`: 10 DDIM steps, CFG 2,
+  ``s = 0.1`` at every 2nd step, ``mode="re-evaluate"``) were chosen by looking
+  at samples and at a second classifier: CFG 3 over-saturates the tiny model's
+  digits, 10 steps look as good as 20, and ``s ≥ 0.3`` turns the samples into
+  adversarial noise.
 * Hardness covariance shrinkage: Ledoit–Wolf (``shrinkage=None``) or a fixed λ.
 * Initial noise of synthetic image ``k`` of class ``c`` is seeded by
   ``(seed, c, k)``, so a set does not depend on the batch size.
@@ -80,14 +161,21 @@ Choices where the paper is silent or the setting differs (all parameters)
 * Committed with the package (``ltkit/checkpoints/``, re-made by
   :func:`make_committed`): the feedback classifier and the full fills of
   ``digits-lt`` (s = 0 and one per criterion, per generator), so that the
-  notebook's quick mode trains on them without minutes of sampling.
+  notebook's quick mode trains on them without minutes of sampling.  They were
+  made before the entropy / loss gradients were written out: with the current
+  code on one machine the s = 0 and hardness fills come out the same as with the
+  earlier code, while about 1 in 5 entropy-fill and 1 in 8 loss-fill images
+  differ (at the first guided step, t = 999, the unclipped ``x̂0`` drives about
+  9 % of the classifier's rows to logit gaps above 15, where the earlier
+  gradients lost their direction).  Guided fills are also not bit-identical
+  across machines or thread counts: rounding differences grow along the guided
+  trajectory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,38 +196,72 @@ CLASSIFIER_CHECKPOINTS = {"digits-lt": "digits-lt-classifier"}
 SYNTHETIC_DIR = CHECKPOINT_DIR / "synthetic"
 FILL_LABELS = ("s0", *CRITERIA)  # the committed fills: no feedback, then one per criterion
 
-__all__ = ["CRITERIA", "FILL_LABELS", "Guidance", "PAPER_SETTINGS", "QUICK_SETTINGS", "FeedbackClassifier",
-           "criterion_values", "fit_class_gaussians", "normalised_step", "feedback_gradient", "feedback_hook",
+__all__ = ["CRITERIA", "MODES", "FILL_LABELS", "Guidance", "PAPER_SETTINGS", "QUICK_SETTINGS", "FeedbackClassifier",
+           "criterion_values", "entropy", "target_loss", "fit_class_gaussians", "normalised_step", "minmax_rescale", "feedback_gradient",
+           "released_guidance", "feedback_hook",
            "guided_sample", "pipeline_feedback_sample", "pipeline_fill", "fill_counts", "synthesize_fill",
            "SyntheticSet", "FeedbackFill", "train_feedback_classifier", "load_feedback_classifier",
            "synthetic_set_path", "fill_guidance", "make_committed"]
 
 
 # =========================================================================== settings
+MODES = ("released", "re-evaluate")
+_MODE_DEFAULTS = {"released": dict(blend=True, rescale=True, eps=1e-8),
+                  "re-evaluate": dict(blend=False, rescale=False, eps=1e-12)}
+
+
 @dataclass(frozen=True)
 class Guidance:
-    """Feedback guidance: which criterion, scale ``s``, applied at every ``every``-th DDIM step."""
+    """Feedback guidance: which criterion, scale ``s``, applied at every ``every``-th DDIM step, and the sampler.
+
+    ``mode`` (see the module docstring, "The two samplers"):
+
+    * ``"released"`` (default): the sampler of facebookresearch/Feedback-guided-Data-Synthesis
+      (``fg_pipe.py``): the DDIM step uses the classifier-free guided noise predicted *before*
+      the guidance move (its conditional half is the prediction the criterion is differentiated
+      through: one network evaluation saved per guided step), ``x̂0`` blended with ``x_t``, the
+      decoded image min–max rescaled, step norm ``s ‖x_t‖ g / (‖g‖ + 1e-8)``;
+    * ``"re-evaluate"``: ltkit's earlier sampler: the noise is predicted again at the moved
+      ``x_t``, no blend, no rescaling, ``eps = 1e-12``.
+
+    ``blend`` and ``rescale`` default (``None``) to the mode's choice and may be set apart from
+    it; after construction they hold the value in force.
+    """
 
     criterion: str = "entropy"
     scale: float = 0.03
     every: int = 1
-    blend: bool = False
+    mode: str = "released"
+    blend: bool | None = None
+    rescale: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of: {', '.join(CRITERIA)}.")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) \
-                or self.scale < 0:
-            raise ValueError(f"scale={self.scale!r} must be a finite number >= 0 (0 = no feedback; the paper uses 0.03).")
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"every={self.every!r} must be an integer >= 1 (1 = every DDIM step).")
+        checks.choice("criterion", self.criterion, CRITERIA)
+        checks.real("scale", self.scale, low=0, hint="0 = no feedback; the paper uses 0.03")
+        checks.integer("every", self.every, low=1, hint="1 = every DDIM step; the released code guides every 5th")
+        checks.choice("mode", self.mode, MODES, hint="'released': the authors' sampler; 're-evaluate': the noise "
+                                                     "predicted again after the guidance move")
+        for name in ("blend", "rescale"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, _MODE_DEFAULTS[self.mode][name] if value is None
+                               else checks.flag(name, value))
+
+    @property
+    def eps(self) -> float:
+        """The ``eps`` of the step normalisation ``g / (‖g‖ + eps)``: 1e-8 as released, 1e-12 re-evaluating."""
+        return _MODE_DEFAULTS[self.mode]["eps"]
+
+    @property
+    def reuses_noise(self) -> bool:
+        """Whether the DDIM step uses the noise predicted before the guidance move (the released sampler)."""
+        return self.mode == "released"
 
     def applies(self, step: int) -> bool:
         return self.scale > 0 and step % self.every == 0
 
 
-PAPER_SETTINGS = dict(steps=30, cfg_scale=3.0, guidance=Guidance("entropy", 0.03, every=5))
-QUICK_SETTINGS = dict(steps=10, cfg_scale=2.0, guidance=Guidance("entropy", 0.1, every=2))
+PAPER_SETTINGS = dict(steps=30, cfg_scale=3.0, guidance=Guidance("entropy", 0.03, every=5, mode="released"))
+QUICK_SETTINGS = dict(steps=10, cfg_scale=2.0, guidance=Guidance("entropy", 0.1, every=2, mode="re-evaluate"))
 
 
 # =========================================================================== the frozen classifier
@@ -170,21 +292,94 @@ def fit_class_gaussians(features: Tensor, labels: Tensor, num_classes: int,
     return means.float(), torch.linalg.inv(shrunk).float(), float(shrinkage)
 
 
+def _float(x: Tensor) -> Tensor:
+    """float32, or float64 when given (a reference computation)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _shifted(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``z' = z - max z`` (<= 0), ``p = softmax(z)`` and ``log Σ_k exp(z'_k)`` computed as ``log1p`` of the
+    non-maximal terms, so that a confident row keeps its tiny probabilities and their sum exactly."""
+    z = logits - logits.max(1, keepdim=True).values
+    e = z.exp()
+    top = F.one_hot(z.argmax(1), z.shape[1]).bool()
+    rest = e.masked_fill(top, 0).sum(1)  # Σ over all but one maximal entry: no 1 + tiny rounding
+    return z, e / (1 + rest)[:, None], rest.log1p()
+
+
+class _Entropy(torch.autograd.Function):
+    """``H(z) = -Σ_k p_k log p_k`` with its gradient written out: ``∂H/∂z_j = -p_j (z'_j - Σ_k p_k z'_k)``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor) -> Tensor:
+        z, p, log_sum = _shifted(logits)
+        mean_z = (p * z).sum(1)  # <= 0
+        ctx.save_for_backward(p, z, mean_z)
+        return log_sum - mean_z  # two non-negative terms: no cancellation
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        p, z, mean_z = ctx.saved_tensors
+        return -p * (z - mean_z[:, None]) * grad[:, None]
+
+
+class _TargetLoss(torch.autograd.Function):
+    """``-log p_y`` with its gradient written out: ``p_j`` for ``j != y``, ``-Σ_{k != y} p_k`` at ``y``."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor) -> Tensor:
+        z, p, log_sum = _shifted(logits)
+        target = F.one_hot(labels, z.shape[1]).bool()
+        ctx.save_for_backward(p, target)
+        return log_sum - z.gather(1, labels[:, None])[:, 0]  # log Σ exp(z') - z'_y, both >= 0
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        p, target = ctx.saved_tensors
+        others = p.masked_fill(target, 0)
+        return (others - target * others.sum(1, keepdim=True)) * grad[:, None], None
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Per-row entropy of ``softmax(logits)`` in float32, accurate also for a confident classifier.
+
+    The value is ``log Σ_k exp(z'_k) - Σ_k p_k z'_k`` with ``z' = z - max z`` (two non-negative terms)
+    and the gradient is written out, ``∂H/∂z_j = -p_j (z'_j - Σ_k p_k z'_k)``.  Differentiating
+    ``-Σ p log p`` through ``log_softmax`` instead subtracts two numbers close to 1 in the gradient of the
+    winning logit: on saturated rows (a logit gap of 20 or more) the float32 gradient then points up to
+    70 degrees away from the exact one, and the per-sample normalisation of the guidance step turns
+    that into a full-size step.  When every other probability underflows (a gap beyond ~100) the value
+    and the gradient are exactly 0.
+    """
+    return _Entropy.apply(_float(logits))
+
+
+def target_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-row ``-log p_y`` (cross-entropy with the intended class) in float32, accurate when ``p_y`` is near 1.
+
+    ``F.cross_entropy`` returns 0 and the gradient ``p_y - 1 = 0`` at ``y`` once ``1 - p_y`` is below
+    float32's resolution near 1 (a logit gap of about 17): the gradient loses its largest component.
+    Here ``1 - p_y`` is the sum of the other probabilities.
+    """
+    labels = torch.as_tensor(labels, device=logits.device).long()
+    return _TargetLoss.apply(_float(logits), labels)
+
+
 def criterion_values(kind: str, logits: Tensor, labels: Tensor, features: Tensor | None = None,
                      means: Tensor | None = None, precision: Tensor | None = None) -> Tensor:
-    """Per-sample criterion (float32): loss ``-log p_y``, entropy, or Mahalanobis hardness."""
-    logits = logits.float()
+    """Per-sample criterion (float32): loss ``-log p_y`` (:func:`target_loss`), entropy (:func:`entropy`),
+    or the Mahalanobis hardness ``(φ - μ_y)ᵀ Σ⁻¹ (φ - μ_y)``."""
+    checks.choice("criterion", kind, CRITERIA)
     if kind == "loss":
-        return F.cross_entropy(logits, labels, reduction="none")
+        return target_loss(logits, labels)
     if kind == "entropy":
-        log_p = logits.log_softmax(1)
-        return -(log_p.exp() * log_p).sum(1)
-    if kind == "hardness":
-        if features is None or means is None or precision is None:
-            raise ValueError("the hardness criterion needs features and the class Gaussians (fit_class_gaussians).")
-        diff = features.float() - means[labels]
-        return ((diff @ precision) * diff).sum(1)
-    raise ValueError(f"unknown criterion {kind!r}; choose one of: {', '.join(CRITERIA)}.")
+        return entropy(logits)
+    if features is None or means is None or precision is None:
+        raise checks.InputError("the hardness criterion needs features and the class Gaussians (fit_class_gaussians).")
+    diff = features.float() - means[labels]
+    return ((diff @ precision) * diff).sum(1)
 
 
 class FeedbackClassifier(nn.Module):
@@ -332,43 +527,103 @@ def _check_finite(value: Tensor, what: str, step: int, t: int) -> None:
             "classifier weights).")
 
 
+def minmax_rescale(images: Tensor) -> Tensor:
+    """Each image shifted and scaled to [0, 1] by its own minimum and maximum, both detached (the released
+    ``process_image``; a constant image stays at 0 instead of dividing by zero)."""
+    lo = images.detach().flatten(1).min(1).values.view(-1, *([1] * (images.dim() - 1)))
+    shifted = images - lo
+    hi = shifted.detach().flatten(1).max(1).values.view(-1, *([1] * (images.dim() - 1)))
+    return shifted / hi.clamp_min(1e-12)
+
+
+def _criterion_gradient(x_in: Tensor, out: Tensor, alpha_bar: Tensor, prediction_type: str, labels: Tensor,
+                        criterion: Callable[[Tensor, Tensor], Tensor], decode: Callable[[Tensor], Tensor],
+                        blend: bool, rescale: bool, step: int, t: int) -> tuple[Tensor, Tensor]:
+    """``(∇_{x_t} C, C)`` from the network output ``out`` at ``x_in`` (in the graph of ``x_in``)."""
+    x0 = predicted_x0(x_in, out, alpha_bar, prediction_type)
+    if blend:
+        f = (1 - alpha_bar).sqrt()
+        x0 = f * x0 + (1 - f) * x_in
+    images = decode(x0).float()
+    if rescale:
+        images = minmax_rescale(images)
+    value = criterion(images, labels).float()
+    _check_finite(value, "criterion", step, t)
+    (grad,) = torch.autograd.grad(value.sum(), x_in)
+    _check_finite(grad, "gradient", step, t)
+    return grad, value.detach()
+
+
 def feedback_gradient(unet, scheduler, x: Tensor, t: Tensor, cond: dict, labels: Tensor,
                       criterion: Callable[[Tensor, Tensor], Tensor], decode: Callable[[Tensor], Tensor],
-                      blend: bool = False, step: int = 0) -> tuple[Tensor, Tensor]:
-    """``(∇_{x_t} C, C)`` with ``C = criterion(decode(x̂0(x_t)), y)`` per sample, all in float32."""
+                      blend: bool = False, step: int = 0, *, rescale: bool = False) -> tuple[Tensor, Tensor]:
+    """``(∇_{x_t} C, C)`` with ``C = criterion(decode(x̂0(x_t)), y)`` per sample, all in float32.
+
+    ``x̂0`` comes from the conditional prediction ``ε_θ(x_t, t, y)``; ``blend``: ``f x̂0 + (1 - f) x_t``
+    with ``f = sqrt(1 - ᾱ_t)``; ``rescale``: the decoded images min–max rescaled (:func:`minmax_rescale`).
+    """
     alpha_bar = scheduler.alphas_cumprod.to(x.device)[t].float()
     dtype = next(unet.parameters()).dtype
     x_in = x.detach().float().requires_grad_(True)
     with torch.enable_grad():
-        out = unet(x_in.to(dtype), t, **cond).sample.float()
-        x0 = predicted_x0(x_in, out, alpha_bar, scheduler.config.prediction_type)
-        if blend:
-            f = (1 - alpha_bar).sqrt()
-            x0 = f * x0 + (1 - f) * x_in
-        value = criterion(decode(x0).float(), labels).float()
-        _check_finite(value, "criterion", step, int(t))
-        (grad,) = torch.autograd.grad(value.sum(), x_in)
-    _check_finite(grad, "gradient", step, int(t))
-    return grad, value.detach()
+        out = unet(scheduler.scale_model_input(x_in, t).to(dtype), t, **cond).sample.float()
+        return _criterion_gradient(x_in, out, alpha_bar, scheduler.config.prediction_type, labels, criterion,
+                                   decode, blend, rescale, step, int(t))
+
+
+def released_guidance(unet, scheduler, x: Tensor, t: Tensor, cond: dict, uncond: dict, cfg_scale: float,
+                      labels: Tensor, criterion: Callable[[Tensor, Tensor], Tensor],
+                      decode: Callable[[Tensor], Tensor], blend: bool = True, step: int = 0, *,
+                      rescale: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """``(∇_{x_t} C, C, ε)``: the feedback gradient and the CFG noise at ``x_t`` from one conditional prediction.
+
+    The released sampler predicts the classifier-free guided noise at ``x_t``, differentiates the
+    criterion through the conditional prediction at the same ``x_t``, moves ``x_t`` and steps with the
+    noise predicted before the move.  The conditional prediction is the same in both places, so it is
+    made once (with gradients) and the unconditional one without: two network evaluations of ``B``
+    images instead of three (``B`` for the gradient, ``2B`` for the noise at the moved point).
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(x.device)[t].float()
+    dtype = next(unet.parameters()).dtype
+    x_in = x.detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        out = unet(scheduler.scale_model_input(x_in, t).to(dtype), t, **cond).sample.float()
+        grad, value = _criterion_gradient(x_in, out, alpha_bar, scheduler.config.prediction_type, labels,
+                                          criterion, decode, blend, rescale, step, int(t))
+    with torch.no_grad():
+        uncond_out = unet(scheduler.scale_model_input(x.float(), t).to(dtype), t, **uncond).sample.float()
+        noise = uncond_out + cfg_scale * (out.detach() - uncond_out)
+    return grad, value, noise
 
 
 def feedback_hook(unet, scheduler, cond: dict, labels: Tensor, criterion: Callable[[Tensor, Tensor], Tensor],
-                  guidance: Guidance | None, decode: Callable[[Tensor], Tensor],
-                  log: list | None = None) -> Callable[[int, Tensor, Tensor], Tensor] | None:
-    """A ``before_step`` hook for :func:`ltkit.methods.diffusion.ddim_loop` (``None`` when there is nothing to do).
+                  guidance: Guidance | None, decode: Callable[[Tensor], Tensor], log: list | None = None, *,
+                  uncond: dict, cfg_scale: float) -> Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor] | None] | None:
+    """A ``guide`` hook for :func:`ltkit.methods.diffusion.ddim_loop` (``None`` when there is nothing to do).
 
-    ``log`` (a list) receives ``(step, t, criterion values)`` at every guided step.
+    At a guided step it returns the moved ``x_t`` and the CFG noise the DDIM step uses: the noise
+    predicted before the move (``mode="released"``, :func:`released_guidance`) or at the moved point
+    (``mode="re-evaluate"``); at other steps ``None`` (the plain step).  ``log`` (a list) receives
+    ``(step, t, criterion values)`` at every guided step.
     """
     if guidance is None or guidance.scale == 0:
         return None
 
-    def hook(i: int, t: Tensor, x: Tensor) -> Tensor:
+    def hook(i: int, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor] | None:
         if not guidance.applies(i):
-            return x
-        grad, value = feedback_gradient(unet, scheduler, x, t, cond, labels, criterion, decode, guidance.blend, i)
+            return None
+        if guidance.reuses_noise:
+            grad, value, noise = released_guidance(unet, scheduler, x, t, cond, uncond, cfg_scale, labels, criterion,
+                                                   decode, guidance.blend, i, rescale=guidance.rescale)
+            x = x + normalised_step(grad, x, guidance.scale, guidance.eps)
+        else:
+            grad, value = feedback_gradient(unet, scheduler, x, t, cond, labels, criterion, decode, guidance.blend, i,
+                                            rescale=guidance.rescale)
+            x = x + normalised_step(grad, x, guidance.scale, guidance.eps)
+            noise = diffusion.cfg_noise(unet, scheduler.scale_model_input(x, t), t, cond, uncond, cfg_scale)
         if log is not None:
             log.append((i, int(t), value.cpu()))
-        return x + normalised_step(grad, x, guidance.scale)
+        return x, noise
 
     return hook
 
@@ -394,9 +649,10 @@ def guided_sample(model: ClassDiffusion, labels: Tensor | Sequence[int], classif
             raise ValueError("feedback guidance needs a classifier (e.g. load_feedback_classifier()).")
         hook = feedback_hook(model.unet, model.ddim_scheduler(), dict(class_labels=labels), labels,
                              _criterion_fn(classifier, guidance.criterion), guidance,
-                             decode=lambda x0: (x0 + 1) / 2, log=log)
+                             decode=lambda x0: (x0 + 1) / 2, log=log,
+                             uncond=dict(class_labels=torch.full_like(labels, model.null_class)), cfg_scale=cfg_scale)
     with torch.no_grad():
-        return model.sample(labels, steps=steps, cfg_scale=cfg_scale, seed=seed, noise=noise, before_step=hook,
+        return model.sample(labels, steps=steps, cfg_scale=cfg_scale, seed=seed, noise=noise, guide=hook,
                             record=record)
 
 
@@ -436,10 +692,10 @@ def pipeline_feedback_sample(pipe, labels: Tensor | Sequence[int], classifier, g
     hook = None
     if guidance is not None and guidance.scale > 0:
         hook = feedback_hook(unet, scheduler, cond, labels, _criterion_fn(classifier, guidance.criterion),
-                             guidance, decode)
+                             guidance, decode, uncond=uncond, cfg_scale=cfg_scale)
     with torch.no_grad():
         z0 = diffusion.ddim_loop(unet, scheduler, latents.to(device), cond, uncond, steps=steps,
-                                 cfg_scale=cfg_scale, before_step=hook, progress=progress)
+                                 cfg_scale=cfg_scale, guide=hook, progress=progress)
         return decode(z0).clamp(0, 1)
 
 
@@ -748,12 +1004,16 @@ def synthetic_set_path(generator: str = "digits-lt", fill: str = "entropy") -> P
     return SYNTHETIC_DIR / f"{generator}-{fill}.pt"
 
 
-def fill_guidance(fill: str, scale: float | None = None, every: int | None = None) -> Guidance | None:
-    """The guidance of a fill label: ``"s0"`` -> None, a criterion -> the quick settings' scale and frequency."""
+def fill_guidance(fill: str, scale: float | None = None, every: int | None = None,
+                  mode: str | None = None) -> Guidance | None:
+    """The guidance of a fill label: ``"s0"`` -> None, a criterion -> the quick settings' scale, frequency and
+    sampler (``mode``; :data:`QUICK_SETTINGS` uses ``"re-evaluate"``, the sampler the committed fills were made with)."""
+    checks.choice("fill", fill, FILL_LABELS)
     if fill == "s0":
         return None
     quick = QUICK_SETTINGS["guidance"]
-    return Guidance(fill, quick.scale if scale is None else scale, quick.every if every is None else every)
+    return Guidance(fill, quick.scale if scale is None else scale, quick.every if every is None else every,
+                    quick.mode if mode is None else mode)
 
 
 def make_committed(out_dir: str | Path = CHECKPOINT_DIR, generators: Sequence[str] = tuple(diffusion.CHECKPOINTS),
