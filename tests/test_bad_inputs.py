@@ -334,3 +334,201 @@ def test_config_field(tmp_path, overrides, needles, expected, early):
     assert files_of(tmp_path) == {k: v for k, v in before.items() if v != "dir"}, "files were left behind"
     assert all(v == "dir" for k, v in after.items() if k not in before)  # at most an empty out_dir
     assert not runs._HELD, "a run directory is still held"
+
+
+# =========================================================================== (b) the command line, in child processes
+# One interpreter imports ltkit once, then forks one child per command: each child is a real process whose stdout /
+# stderr are files and whose exit status is its own, running exactly what ``python -m ltkit.train ARGS`` runs
+# (ltkit.cli.main); only the ~5 s of importing torch are shared.  The fault tests below start full interpreters.
+FORK_SERVER = r"""
+import json, os, sys, traceback
+import ltkit.cli, ltkit.data, ltkit.train, sklearn.datasets, torchvision  # noqa: E401
+ltkit.train.method_names()  # imports ltkit.methods (diffusers, POT): once, not once per child
+jobs = json.loads(sys.stdin.read())
+codes = []
+for job in jobs:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(job["cwd"])
+            for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+            sys.argv = ["python -m ltkit.train", *job["argv"]]
+            try:
+                ltkit.cli.main(job["argv"])
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+CLI_COMMON = ["--epochs", "1", "--model", "mlp", "--progress", "false", "--threads", "1"]
+
+
+@dataclass
+class Cli:
+    """A command-line case: ``setup(folder)`` prepares the folder (the working directory) and may return extra
+    arguments; ``commands`` are run in order there (each CLI_COMMON + argv); ``check(results, folder)`` for cases
+    that are not a plain clear error."""
+
+    id: str
+    argv: list[str]
+    needles: list[str] = field(default_factory=list)
+    setup: Callable[[Path], list[str] | None] | None = None
+    then: list[list[str]] = field(default_factory=list)  # further commands, run after argv
+    check: Callable[[list[dict], Path], None] | None = None
+    xfail: str | None = None
+
+
+def _cli_crafted_checkpoint(folder: Path) -> None:
+    fit(folder / "runs", name="victim", epochs=2)
+    run_dir = folder / "runs" / "victim"
+    (run_dir / "result.json").unlink()  # as if killed after the last checkpoint: --resume must read it
+    torch.save(dict(epoch=0, model={"w": torch.ones(1)}, extra=Payload(folder.parent / "payload-ran")),
+               run_dir / "checkpoint.pt")
+
+
+def _cli_config_json(text: str) -> Callable[[Path], list[str]]:
+    def setup(folder: Path) -> list[str]:
+        (folder / "config.json").write_text(text)
+        return ["--config-json", "config.json"]
+    return setup
+
+
+def _cli_bad_split_tree(folder: Path) -> list[str]:
+    train_file, _ = write_image_tree(folder / "ImageNet_LT", [3, 2, 1])
+    edit_line(train_file, 2, "train/n00000000/img_1.JPEG zero")
+    return ["--preset", "imagenet-lt", "--data-root", "ImageNet_LT"]
+
+
+def _cli_truncated_cifar(folder: Path) -> list[str]:
+    batch = write_cifar10(folder / "data") / "data_batch_3"
+    cut_file(batch, batch.stat().st_size // 3)
+    return ["--dataset", "cifar10-lt", "--data-root", "data", "--imbalance-factor", "2"]
+
+
+def _cli_project_folder(folder: Path) -> None:
+    """What `--name ..` once deleted: a project with a .git folder and other runs."""
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "notes.txt").write_text("mine")
+    fit(folder / "runs", name="other-run")
+
+
+def _check_retry(results: list[dict], folder: Path) -> None:
+    """A run that failed before its first checkpoint is retried by the command its message names."""
+    diverged, again, retried = results
+    assert diverged["rc"] == 2 and "training diverged" in diverged["stderr"]
+    assert (folder / "runs" / "digits-lt-ce-s0" / "config.json").is_file()  # the failed run's record
+    assert again["rc"] == 2 and "stopped before its first checkpoint" in again["stderr"]
+    assert "--resume" in again["stderr"] and "start it afresh" in again["stderr"]
+    assert retried["rc"] == 0, retried["stderr"]
+    record = runs.load_run(folder / "runs" / "digits-lt-ce-s0")
+    assert record["config"]["lr"] == 0.05 and [r["epoch"] for r in record["history"]] == [0]
+
+
+def _check_debug(results: list[dict], folder: Path) -> None:
+    (result,) = results
+    assert result["rc"] != 0 and "Traceback (most recent call last)" in result["stderr"]
+    assert "lr=nan must be a finite number" in result["stderr"]
+
+
+CLI_CASES = [
+    Cli("C-lr-nan", ["--lr", "nan"], ["lr=nan", "finite"]),
+    Cli("C-lr-not-a-number", ["--lr", "abc"], ["--lr", "expected a number", "--help"]),
+    Cli("C-unknown-option", ["--learning-rate", "0.1"], ["unrecognized arguments", "--learning-rate", "--help"]),
+    Cli("C-unknown-preset", ["--preset", "cifar1000-lt"], ["unknown preset 'cifar1000-lt'", "choose one of"]),
+    Cli("C-milestones-not-integers", ["--milestones", '["a"]'], ["milestones[0]", "integer"]),
+    Cli("C-milestones-not-json", ["--milestones", "[160,"], ["--milestones", "expected JSON"]),
+    Cli("C-few-above-many", ["--few", "200"], ["few=200 > many=100", "must not exceed"]),
+    Cli("C-sampler-params-unknown", ["--sampler", "q-sample", "--sampler-params", '{"q": 1}'], ["sampler_params", "'q'"]),
+    Cli("C-model-params-unknown", ["--model-params", '{"width": 3}'], ["model_params", "width", "accepted"]),
+    Cli("C-name-dotdot-overwrite", ["--name", "..", "--if-exists", "overwrite"], ["run name '..'", "e.g."],
+        setup=_cli_project_folder),
+    Cli("C-name-dot-overwrite", ["--name", ".", "--if-exists", "overwrite"], ["run name '.'", "e.g."],
+        setup=_cli_project_folder),
+    Cli("C-name-absolute", [], ["run name '/", "absolute paths"],
+        setup=lambda folder: ["--name", str(folder.parent / "outside-out-dir")]),
+    Cli("C-config-json-malformed", [], ["--config-json config.json", "not valid JSON", "e.g."],
+        setup=_cli_config_json('{"loss": "bs", "epochs": 10,}')),
+    Cli("C-config-json-a-list", [], ["--config-json config.json", "JSON object"], setup=_cli_config_json('["bs"]')),
+    Cli("C-config-json-nan", [], ["lr=nan", "finite"], setup=_cli_config_json('{"lr": NaN}')),
+    Cli("C-config-json-unknown-field", [], ["unknown config field", "'learning_rate'"],
+        setup=_cli_config_json('{"learning_rate": 0.1}')),
+    Cli("C-config-json-missing", ["--config-json", "nowhere.json"], ["--config-json nowhere.json", "no such file"]),
+    Cli("C-config-json-a-folder", ["--config-json", "."], ["--config-json .", "cannot be read"]),
+    Cli("C-split-file-bad-line", [], ["ImageNet_LT_train.txt, line 2", "fix or delete the line"],
+        setup=_cli_bad_split_tree),
+    Cli("C-cifar-pickle-truncated", [], ["data_batch_3 is truncated", "re-extract"], setup=_cli_truncated_cifar),
+    Cli("C-out-dir-is-a-file", ["--out-dir", "f"], ["is a file", "another out_dir"],
+        setup=lambda folder: (folder / "f").write_text("x") and None),
+    Cli("C-crafted-checkpoint-on-resume", ["--epochs", "2", "--name", "victim", "--resume"],
+        ["refused to load", "checkpoint.pt", "could run code"], setup=_cli_crafted_checkpoint),
+    Cli("C-imbalance-factor-for-split-files", ["--preset", "imagenet-lt", "--imbalance-factor", "10"],
+        ["imbalance_factor", "leave imbalance_factor=None"]),
+    Cli("H-retry-by-the-suggested-command", ["--lr", "50"], setup=None,
+        then=[["--lr", "0.05"], ["--lr", "0.05", "--resume"]], check=_check_retry),
+    Cli("H-debug-shows-the-traceback", ["--lr", "nan", "--debug"], check=_check_debug),
+    Cli("X-threads-zero", ["--threads", "0"], ["threads=0", ">= 1"], xfail=FIX_THREADS),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict[str, dict]:
+    """Every CLI case run once (in one batch): id -> folder, files before, results, files after."""
+    base = tmp_path_factory.mktemp("cli")
+    jobs, cases = [], {}
+    for c in CLI_CASES:
+        folder = base / c.id / "work"
+        folder.mkdir(parents=True)
+        extra = (c.setup(folder) if c.setup else None) or []
+        commands = [[*CLI_COMMON, *extra, *c.argv], *[[*CLI_COMMON, *extra, *more] for more in c.then]]
+        outs = []
+        for i, argv in enumerate(commands):
+            out = dict(cwd=str(folder), argv=argv, stdout=str(base / c.id / f"out{i}"), stderr=str(base / c.id / f"err{i}"))
+            jobs.append(out)
+            outs.append(out)
+        cases[c.id] = dict(folder=folder, before=tree(folder.parent.parent / c.id), jobs=outs)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    done = subprocess.run([sys.executable, "-c", FORK_SERVER], input=json.dumps(jobs), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    codes = iter(json.loads(done.stdout.splitlines()[-1]))
+    for c in CLI_CASES:
+        entry = cases[c.id]
+        entry["results"] = [dict(rc=next(codes), stdout=Path(j["stdout"]).read_text(), stderr=Path(j["stderr"]).read_text())
+                            for j in entry["jobs"]]
+        entry["after"] = tree(base / c.id)
+    return cases
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=True)]
+                                            if c.xfail else []) for c in CLI_CASES])
+def test_command_line(cli_runs, c):
+    entry = cli_runs[c.id]
+    if c.check:
+        c.check(entry["results"], entry["folder"])
+        return
+    (result,) = entry["results"]
+    assert result["rc"] == 2, result
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1, result["stderr"]
+    assert "Traceback" not in result["stderr"] and result["stdout"] == ""
+    for needle in c.needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+    after = {k: v for k, v in entry["after"].items() if not k.startswith(("out", "err"))}
+    assert {k: v for k, v in after.items() if v != "dir"} == {k: v for k, v in entry["before"].items() if v != "dir"}, \
+        "the command wrote or deleted files"
+    assert all(v == "dir" for k, v in after.items() if k not in entry["before"])  # at most an empty out_dir
+    assert not (entry["folder"].parent.parent / "payload-ran").exists()
