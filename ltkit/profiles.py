@@ -84,14 +84,14 @@ def check_counts(counts: Sequence[int] | np.ndarray, name: str = "class sizes") 
     a string, a dict, strings or booleans as sizes).  ``name`` is the argument
     named in the messages.
     """
-    if counts is None or isinstance(counts, (str, bytes, Mapping)) or np.ndim(counts) == 0:
-        raise InputTypeError(f"{name} must be a sequence with one number of images per class (e.g. [500, 120, 8]), "
-                             f"got {type(counts).__name__} {_short(counts)}.")
     try:
         values = np.asarray(counts)
     except (ValueError, TypeError) as err:  # ragged nested lists
         raise InputError(f"{name} must be a flat list with one number of images per class, got {_short(counts)} "
-                         f"({err}).") from None
+                         f"({' '.join(str(err).split())[:80]}).") from None
+    if counts is None or isinstance(counts, (str, bytes, Mapping)) or values.ndim == 0:
+        raise InputTypeError(f"{name} must be a sequence with one number of images per class (e.g. [500, 120, 8]), "
+                             f"got {type(counts).__name__} {_short(counts)}.")
     if values.ndim != 1:
         raise InputError(f"{name} must be 1-D (one number of images per class), got shape {values.shape}; "
                          "pass a flat list such as [500, 120, 8].")

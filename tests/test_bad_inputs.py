@@ -309,7 +309,7 @@ CONFIG_CASES = [
          xfail=FIX_CUDA, skip="a GPU is visible: device='cuda' is valid here" if torch.cuda.is_available() else None),
     case("X-model-params-in-channels-mismatch", dict(model_params={"in_channels": 3}), ["in_channels", "channels"],
          VALUE, False, xfail=FIX_IN_CHANNELS),
-    case("X-threads-zero", dict(threads=0), ["threads", ">= 1"], VALUE, True, xfail=FIX_THREADS),
+    case("X-threads-zero", dict(threads=0), ["threads=0", ">= 1"], VALUE, True, xfail=FIX_THREADS),
     case("X-seed-too-large", dict(seed=2**70), ["seed", "2**63"], VALUE, True, xfail=FIX_SEED),
     case("X-sampler-r-nan-checked-late", dict(sampler="q-sample", sampler_params={"r": NAN}), ["r=nan", "finite"],
          VALUE, True, xfail=FIX_SAMPLER_VALUES),
@@ -532,3 +532,137 @@ def test_command_line(cli_runs, c):
         "the command wrote or deleted files"
     assert all(v == "dir" for k, v in after.items() if k not in entry["before"])  # at most an empty out_dir
     assert not (entry["folder"].parent.parent / "payload-ran").exists()
+
+
+# =========================================================================== (c) public functions
+FIX_MARGIN = ("fix in ltkit/losses.py ldam_margins(): `checks.real('max_margin', max_margin, low=0, hint='LDAM uses "
+              "0.5')` (today max_margin=nan returns a tensor of nan margins without a word)")
+FIX_SAMPLER_KWARGS = ("fix in ltkit/sampling.py make_sampler(): take **params and refuse unknown names with an InputError "
+                      "listing the valid ones (r, beta, epoch, total_epochs, seed, num_samples); today Python's own "
+                      "TypeError names 'q' but not what to pass instead")
+
+Y = torch.tensor
+PUBLIC_CASES = [
+    # profiles
+    case("C-from-counts-strings", lambda: profiles.from_counts(["10", "3"]), ["[0]='10'", "is a str", "pass numbers"], TYPE),
+    case("C-from-counts-negative", lambda: profiles.from_counts([10, -3]), ["class 1", "negative", ">= 0"], VALUE),
+    case("C-from-counts-none", lambda: profiles.from_counts(None), ["class sizes", "NoneType", "e.g. [500"], TYPE),
+    case("C-from-counts-scalar", lambda: profiles.from_counts(5), ["class sizes", "int 5", "one number of images"], TYPE),
+    case("C-from-counts-dict", lambda: profiles.from_counts({"a": 10, "b": 3}), ["class sizes", "dict"], TYPE),
+    case("C-from-counts-2d", lambda: profiles.from_counts([[10, 3], [2, 1]]), ["1-D", "shape (2, 2)", "flat list"], VALUE),
+    case("C-from-counts-ragged", lambda: profiles.from_counts([[10, 3], [2]]), ["flat list"], VALUE),
+    case("C-from-counts-bools", lambda: profiles.from_counts([True, False]), ["[0]=True", "is a bool"], TYPE),
+    case("C-from-counts-fractional", lambda: profiles.from_counts([10, 3.5]), ["whole numbers", "3.5"], VALUE),
+    case("C-from-counts-one-class", lambda: profiles.from_counts([10]), ["1 class size", "at least 2 classes"], VALUE),
+    case("C-from-counts-empty-class", lambda: profiles.from_counts([10, 0, 3]), ["class 1 has no images", "drop the empty"],
+         VALUE),
+    case("C-exponential-if-nan", lambda: profiles.exponential_profile(10, 100, NAN), ["imbalance factor nan", "finite",
+                                                                                       ">= 1"], VALUE),
+    case("C-exponential-if-string", lambda: profiles.exponential_profile(10, 100, "10"), ["imbalance factor", "str"], TYPE),
+    case("C-exponential-if-below-one", lambda: profiles.exponential_profile(10, 100, 0.5), ["imbalance factor 0.5 < 1",
+                                                                                             "balanced"], VALUE),
+    case("C-exponential-if-too-large", lambda: profiles.exponential_profile(10, 100, 1000), ["class 7 has no images",
+                                                                                              "lower the imbalance"], VALUE),
+    case("C-exponential-n-max-nan", lambda: profiles.exponential_profile(10, NAN, 10), ["n_max=nan", "integer n_max >= 1"],
+         VALUE),
+    case("C-exponential-classes-string", lambda: profiles.exponential_profile("10", 100, 10), ["num_classes", "str"], TYPE),
+    case("C-step-fraction-nan", lambda: profiles.step_profile(10, 100, 10, NAN), ["minority_fraction=nan", "finite"], VALUE),
+    case("C-step-fraction-one", lambda: profiles.step_profile(10, 100, 10, 1.0), ["minority_fraction=1.0", "(0, 1)"], VALUE),
+    case("C-preset-if-zero", lambda: profiles.preset_counts("cifar10-lt", 0), ["imbalance factor 0 < 1"], VALUE),
+    case("C-preset-fixed-if", lambda: profiles.preset_counts("imagenet-lt", 10), ["imagenet-lt", "cannot be changed"], VALUE),
+    case("C-preset-unknown", lambda: profiles.preset_counts("cifar1000-lt"), ["'cifar1000-lt'", "choose one of"], VALUE),
+    case("C-profile-kind-unknown", lambda: profiles.make_profile("zipf", 10, 100, 10), ["'zipf'", "exponential, step"],
+         VALUE),
+    case("C-head-share-fraction-nan", lambda: profiles.head_share([10, 3], fraction=NAN), ["fraction=nan", "e.g. 0.2"],
+         VALUE),
+    case("C-tail-share-fraction-negative", lambda: profiles.tail_share([10, 3], fraction=-1), ["fraction=-1", "(0, 1]"],
+         VALUE),
+    case("C-group-sizes-many-nan", lambda: profiles.group_sizes([10, 3], many=NAN), ["many=nan", "the papers use 100"],
+         VALUE),
+    case("C-group-sizes-few-above-many", lambda: profiles.group_sizes([10, 3], many=10, few=50), ["few threshold (50)",
+                                                                                                 "many=100, few=20"], VALUE),
+    case("C-anchored-negative-size", lambda: profiles.anchored_profile(3, [(0, 100), (2, -1)]), ["rank 2", "> 0"], VALUE),
+    # metrics
+    case("C-evaluate-not-square", lambda: metrics.evaluate(torch.zeros(3, 4), [10, 5, 1]), ["square", "shape (3, 4)",
+                                                                                             "confusion_matrix"], ValueError),
+    case("C-evaluate-counts-length", lambda: metrics.evaluate(torch.eye(3), [10, 5]), ["train_counts has 2 entries",
+                                                                                       "3 classes", "every class"],
+         ValueError),
+    case("C-evaluate-counts-strings", lambda: metrics.evaluate(torch.eye(3), ["10", "5", "1"]), ["train_counts[0]='10'",
+                                                                                                  "pass numbers"], TYPE),
+    case("C-evaluate-no-test-images", lambda: metrics.evaluate(torch.zeros(3, 3), [10, 5, 1]), ["all zeros",
+                                                                                                 "no test images"], ValueError),
+    case("C-evaluate-negative", lambda: metrics.evaluate(-torch.eye(3), [10, 5, 1]), ["non-negative counts"], ValueError),
+    case("C-confusion-length-mismatch", lambda: metrics.confusion_matrix(Y([0, 1]), Y([0, 1, 2]), 3),
+         ["targets has 2 labels but predictions has 3", "one prediction per test image"], ValueError),
+    case("C-confusion-logits", lambda: metrics.confusion_matrix(Y([0, 1]), torch.randn(2, 3), 3), ["look like logits",
+                                                                                                     "argmax"], ValueError),
+    case("C-confusion-label-range", lambda: metrics.confusion_matrix(Y([0, 5]), Y([0, 1]), 3), ["label 5", "[0, 3)"],
+         ValueError),
+    case("C-group-accuracy-length", lambda: metrics.group_accuracy([0.5, 0.4], [10, 5, 1]), ["train_counts has 3",
+                                                                                              "per_class has 2"], ValueError),
+    case("C-summarize-seeds-empty", lambda: metrics.summarize_seeds([]), ["results is empty", "at least one"], ValueError),
+    # sampling
+    case("C-class-probabilities-r-nan", lambda: sampling.class_probabilities([10, 3], NAN), ["r=nan", "finite", "r=1"],
+         VALUE),
+    case("C-class-probabilities-r-string", lambda: sampling.class_probabilities([10, 3], "1"), ["r must be a real number",
+                                                                                                "str"], TYPE),
+    case("C-class-probabilities-negative", lambda: sampling.class_probabilities([10, -3], 1.0), ["class_counts[1]",
+                                                                                                  "non-negative"], VALUE),
+    case("C-class-probabilities-strings", lambda: sampling.class_probabilities(["10", "3"], 1.0), ["class_counts",
+                                                                                                    "e.g. [500"], TYPE),
+    case("C-sampler-kind-unknown", lambda: sampling.make_sampler([0, 1], [1, 1], "balanced"), ["sampler kind 'balanced'",
+                                                                                               "class-balanced"], VALUE),
+    case("C-sampler-counts-mismatch", lambda: sampling.make_sampler([0, 1, 1], [1, 1], "class-balanced"),
+         ["class_counts does not match the labels", "class_counts=None"], VALUE),
+    case("C-sampler-label-range", lambda: sampling.make_sampler([0, 5], [1, 1], "class-balanced"), ["label 5",
+                                                                                                    "0-based"], VALUE),
+    case("C-effective-number-beta", lambda: sampling.effective_number([10, 3], 1.5), ["beta=1.5", "[0, 1)"], VALUE),
+    case("C-progressive-epoch", lambda: sampling.progressive_probabilities([10, 3], 5, 3), ["epoch=5", "[0, 3]"], VALUE),
+    case("X-sampler-unknown-keyword", lambda: sampling.make_sampler([0, 1], [1, 1], "q-class", q=1), ["'q'", "valid"],
+         VALUE, xfail=FIX_SAMPLER_KWARGS),
+    # losses
+    case("C-loss-unknown", lambda: losses.make_loss("xent", [10, 3]), ["unknown loss 'xent'", "choose one of"], VALUE),
+    case("C-loss-unknown-parameter", lambda: losses.make_loss("ce", [10, 3], gamma=2), ["gamma", "accepts: none"], VALUE),
+    case("C-loss-counts-strings", lambda: losses.make_loss("bs", ["10", "3"]), ["class_counts", "e.g. [500"], TYPE),
+    case("C-loss-counts-zero", lambda: losses.make_loss("bs", [10, 0]), ["class_counts[1] is 0", "drop empty classes"],
+         VALUE),
+    case("C-loss-counts-nan", lambda: losses.make_loss("ldam", [10, NAN]), ["class_counts[1]=nan", "finite"], VALUE),
+    case("C-loss-logits-columns", lambda: losses.make_loss("ce", [10, 3])(torch.randn(4, 3), Y([0, 1, 0, 1])),
+         ["class_counts has 2 entries but logits have 3 columns"], VALUE),
+    case("C-loss-float-targets", lambda: losses.make_loss("ce", [10, 3])(torch.randn(2, 2), Y([0.0, 1.0])),
+         ["targets must be integer class indices", "lam * loss"], VALUE),
+    case("C-drw-beta-one", lambda: losses.drw_weights([10, 3], beta=1.0), ["beta=1.0", "[0, 1)"], VALUE),
+    case("X-ldam-margins-nan", lambda: losses.ldam_margins([10, 3], max_margin=NAN), ["max_margin=nan", "finite"], VALUE,
+         xfail=FIX_MARGIN),
+    # models
+    case("C-model-unknown", lambda: models.make_model("vgg", 10), ["'vgg'", "valid names"], VALUE),
+    case("C-model-one-class", lambda: models.make_model("mlp", 1), ["num_classes", ">= 2"], VALUE),
+    case("C-model-hidden-negative", lambda: models.make_model("mlp", 10, hidden=-1), ["hidden", ">= 1"], VALUE),
+    case("C-model-width-string", lambda: models.make_model("small-cnn", 10, width="32"), ["width", "integer"], TYPE),
+    case("C-model-unknown-keyword", lambda: models.make_model("mlp", 10, widht=3), ["widht", "valid: cosine_head"], VALUE),
+    case("C-model-wrong-channels", lambda: models.make_model("mlp", 10, in_channels=3)(torch.rand(2, 1, 8, 8)),
+         ["(N, 3, H, W)", "in_channels"], VALUE),
+    # data and runs
+    case("C-digits-if-nan", lambda: data.load_digits_lt(imbalance_factor=NAN), ["imbalance factor nan", "finite"], VALUE),
+    case("C-digits-n-max-too-large", lambda: data.load_digits_lt(n_max=500), ["class 0 has only", "lower n_max"], VALUE),
+    case("C-digits-seed-negative", lambda: data.load_digits_lt(seed=-1), ["seed=-1", "data_seed"], VALUE),
+    case("C-digits-test-per-class", lambda: data.load_digits_lt(test_per_class=500), ["test_per_class=500", "[1, "],
+         VALUE),
+    case("C-class-counts-label-range", lambda: data.class_counts([0, 5], 2), ["label 5", "[0, 2)", "relabel"], VALUE),
+    case("C-load-dataset-unknown", lambda: data.load_dataset("mnist-lt"), ["'mnist-lt'", "digits-lt"], VALUE),
+    case("C-load-dataset-option", lambda: data.load_dataset("imagenet-lt", root=".", imbalance_factor=10),
+         ["takes no imbalance_factor", "valid: check_files"], VALUE),
+    case("C-run-path-escapes", lambda: runs.run_path("runs", "../x"), ["'../x'", "e.g."], VALUE),
+    case("C-safe-name-of-symbols", lambda: runs.safe_name("+ ++"), ["no letters or digits", "pass a name"], VALUE),
+    case("C-load-run-missing", lambda: runs.load_run("/nonexistent/run"), ["/nonexistent/run/config.json",
+                                                                            "run directory"], runs.MissingRecordError),
+    case("C-explore-wrong-source", lambda: widgets.explore(42), ["explore()", "runs folder", "int"], TypeError),
+]
+
+
+@pytest.mark.parametrize("call, needles, expected", PUBLIC_CASES)
+def test_public_function(call, needles, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no numpy warning on the way to the error
+        raises_clear(call, needles, expected)
