@@ -666,3 +666,151 @@ def test_public_function(call, needles, expected):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no numpy warning on the way to the error
         raises_clear(call, needles, expected)
+
+
+# =========================================================================== (d) data files
+def _batch(name: str) -> Callable[[Path], Path]:
+    return lambda folder: folder / name
+
+
+def _relabel(name: str, index: int, label: Any) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        def change(entry):
+            entry["labels"][index] = label
+        rewrite_pickle(folder / name, change)
+    return damage
+
+
+def _set(name: str, key: str, value: Callable[[dict], Any] | None) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        def change(entry):
+            if value is None:
+                del entry[key]
+            else:
+                entry[key] = value(entry)
+        rewrite_pickle(folder / name, change)
+    return damage
+
+
+def _write(name: str, content: bytes | Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        path = folder / name
+        path.write_bytes(content(path.read_bytes()) if callable(content) else content)
+    return damage
+
+
+def _crafted(folder: Path) -> None:
+    rewrite_pickle(folder / "data_batch_1", lambda e: e.update(extra=Payload(folder.parent.parent / "payload-ran")))
+
+
+REEXTRACT = "re-extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_CASES = [
+    case("C-cifar-truncated", _write("data_batch_4", lambda b: b[: len(b) // 2]),
+         ["data_batch_4 is truncated or not a CIFAR pickle", REEXTRACT], data.DataError, {}),
+    case("C-cifar-empty-file", _write("test_batch", b""), ["test_batch is truncated", REEXTRACT], data.DataError, {}),
+    case("C-cifar-random-bytes", _write("data_batch_2", bytes(range(256)) * 8), ["data_batch_2 is truncated or not a CIFAR",
+                                                                                 REEXTRACT], data.DataError, {}),
+    case("C-cifar-rows-6144-bytes", _set("data_batch_2", "data", lambda e: np.concatenate([e["data"], e["data"]], axis=1)),
+         ["data_batch_2: 'data'", "(40, 6144)", "rows of 3072 bytes", REEXTRACT], data.DataError, {}),
+    case("C-cifar-float-rows", _set("data_batch_3", "data", lambda e: e["data"].astype(np.float32)),
+         ["data_batch_3: 'data' is ndarray float32", "expected uint8"], data.DataError, {}),
+    case("C-cifar-train-label-out-of-range", _relabel("data_batch_5", 3, 10),
+         ["data_batch_5: label 10 at index 3", "outside [0, 10)", REEXTRACT], data.DataError, {}),
+    case("C-cifar-test-label-out-of-range", _relabel("test_batch", 3, -1),
+         ["test_batch: label -1 at index 3", "outside [0, 10)"], data.DataError, {}),
+    case("C-cifar-label-count-mismatch", _set("data_batch_1", "labels", lambda e: e["labels"][:-1]),
+         ["data_batch_1: 40 images but 39 labels", REEXTRACT], data.DataError, {}),
+    case("C-cifar-string-labels", _set("data_batch_1", "labels", lambda e: [str(v) for v in e["labels"]]),
+         ["data_batch_1: 'labels' holds", "expected integer class indices"], data.DataError, {}),
+    case("C-cifar-no-data-entry", _set("data_batch_2", "data", None),
+         ["data_batch_2 has no 'data' and 'labels' entries", "not a CIFAR-10 batch"], data.DataError, {}),
+    case("C-cifar-pickle-of-a-list", _write("data_batch_1", pickle.dumps([1, 2, 3], protocol=2)),
+         ["data_batch_1 holds a list", "not a CIFAR batch"], data.DataError, {}),
+    case("C-cifar-meta-class-names", _write("batches.meta", pickle.dumps({"label_names": ["a", "b"]}, protocol=2)),
+         ["batches.meta: 'label_names' should list 10 class names, got 2", REEXTRACT], data.DataError, {}),
+    case("C-cifar-missing-batch", lambda folder: (folder / "data_batch_3").unlink(),
+         ["incomplete or corrupted", "data_batch_3 missing", REEXTRACT], data.DataNotFoundError, {}),
+    case("C-cifar-crafted-pickle", _crafted, ["data_batch_1 is truncated or not a CIFAR pickle", "refused global posix.mkdir",
+                                              "could run code"], data.DataError, {}),
+    case("C-cifar-md5-check", lambda folder: None, ["data_batch_1 fails torchvision's md5 check",
+                                                    "turn verify_checksums off"], data.DataError, dict(verify_checksums=True)),
+]
+
+
+@pytest.mark.parametrize("damage, needles, expected, extra", CIFAR_CASES)
+def test_cifar_file(tmp_path, damage, needles, expected, extra):
+    """A damaged CIFAR folder through the engine: one line naming the file (and index) and the fix; no run left."""
+    folder = write_cifar10(tmp_path / "data")
+    damage(folder)
+    before = tree(tmp_path)
+    message = raises_clear(lambda: fit(tmp_path / "out", dataset="cifar10-lt", data_root=str(tmp_path / "data"),
+                                       imbalance_factor=2.0, **extra), needles, expected)
+    assert str(folder) in message  # the full path of the file, not only its name
+    assert files_of(tmp_path) == {k: v for k, v in before.items() if v != "dir"}
+    assert not (tmp_path / "payload-ran").exists()
+
+
+def _split_edit(which: str, lineno: int, text: str | None) -> Callable[[Path], None]:
+    return lambda root: edit_line(root / f"ImageNet_LT_{which}.txt", lineno, text)
+
+
+SPLIT_CASES = [
+    case("C-split-label-not-a-number", _split_edit("train", 2, "train/n00000000/img_1.JPEG zero"),
+         ["ImageNet_LT_train.txt, line 2", "expected 'relative/path label'", "fix or delete the line"], data.DataError, {}),
+    case("C-split-negative-label", _split_edit("train", 3, "train/n00000000/img_2.JPEG -1"),
+         ["ImageNet_LT_train.txt, line 3", "non-negative integer label"], data.DataError, {}),
+    case("C-split-line-without-label", _split_edit("test", 1, "test/n00000000/img_0.JPEG"),
+         ["ImageNet_LT_test.txt, line 1", "expected 'relative/path label'"], data.DataError, {}),
+    case("C-split-train-label-out-of-range", _split_edit("train", 4, "train/n00000001/img_0.JPEG 3"),
+         ["ImageNet_LT_train.txt, line 4: label 3 is outside [0, 3)", "fix the split file or num_classes"],
+         data.DataError, {}),
+    case("C-split-test-label-out-of-range", _split_edit("test", 2, "test/n00000001/img_0.JPEG 7"),
+         ["ImageNet_LT_test.txt, line 2: label 7 is outside [0, 3)"], data.DataError, {}),
+    case("C-split-missing-image", lambda root: (root / "train/n00000001/img_1.JPEG").unlink(),
+         ["1 of 6 images listed in", "ImageNet_LT_train.txt", "line 5: train/n00000001/img_1.JPEG", "check root="],
+         data.DataNotFoundError, {}),
+    case("C-split-listed-folder", _split_edit("train", 1, "train/n00000000 0"),
+         ["1 of 6 images listed in", "line 1: train/n00000000", "check root="], data.DataNotFoundError, {}),
+    case("C-split-empty-file", _write("ImageNet_LT_test.txt", b"\n\n"),
+         ["ImageNet_LT_test.txt holds no 'relative/path label' lines", "pass the split file"], data.DataError, {}),
+    case("C-split-not-utf8", _write("ImageNet_LT_train.txt", b"a.jpg 0\n\xff\xfe\x00 1\n"),
+         ["ImageNet_LT_train.txt is not a UTF-8 text file", "pass the split file"], data.DataError, {}),
+    case("C-split-file-missing", lambda root: (root / "ImageNet_LT_test.txt").unlink(),
+         ["split file", "ImageNet_LT_test.txt does not exist", "ImageNet-LT"], data.DataNotFoundError, {}),
+    case("C-split-root-missing", lambda root: shutil.rmtree(root), ["image root", "does not exist", "pass root="],
+         data.DataNotFoundError, {}),
+    case("C-split-class-without-images", lambda root: None, ["class 3 has no training images", "num_classes"],
+         data.DataError, dict(num_classes=4)),
+    case("C-split-num-classes-zero", lambda root: None, ["num_classes=0", ">= 1"], VALUE, dict(num_classes=0)),
+]
+
+
+@pytest.mark.parametrize("damage, needles, expected, extra", SPLIT_CASES)
+def test_split_file(tmp_path, damage, needles, expected, extra):
+    root = tmp_path / "ImageNet_LT"
+    write_image_tree(root, [3, 2, 1], test_per_class=1)
+    damage(root)
+    before = tree(tmp_path)
+    raises_clear(lambda: data.load_dataset("imagenet-lt", root=root, **{"num_classes": 3, **extra}), needles, expected)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("content, needles", [
+    pytest.param(lambda b: b[:200], ["OSError", "truncated"], id="C-jpeg-truncated-in-a-worker"),
+    pytest.param(lambda b: b"not an image at all", ["UnidentifiedImageError"], id="C-jpeg-garbage-in-a-worker"),
+])
+def test_unreadable_image_in_a_dataloader_worker(tmp_path, content, needles):
+    from torchvision.transforms.functional import pil_to_tensor
+
+    root = tmp_path / "ImageNet_LT"
+    write_image_tree(root, [3, 2, 1])
+    broken = root / "train/n00000001/img_1.JPEG"
+    broken.write_bytes(content(broken.read_bytes()))
+    d = data.load_dataset("imagenet-lt", root=root, num_classes=3)
+    d.train.transform = pil_to_tensor
+    loader = torch.utils.data.DataLoader(d.train, batch_size=2, num_workers=1)
+    with pytest.raises(data.ImageReadError) as err:
+        list(loader)
+    message = assert_clear(err.value, [str(broken), "line 5 of", "ImageNet_LT_train.txt", "cannot be read as an image",
+                                       "replace the file", "raised in a DataLoader worker", *needles])
+    assert message.startswith(str(broken))
