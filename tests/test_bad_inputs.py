@@ -41,7 +41,7 @@ from PIL import Image
 from ltkit import checks, cli, data, losses, metrics, models, profiles, runs, sampling, train, widgets
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(model="mlp", epochs=1, progress=False, threads=1)  # every engine run here: seconds at most
+TINY = dict(model="mlp", epochs=1, progress=False, threads=1, checkpoint_every=1, eval_every=1)  # seconds at most
 NAN, INF = float("nan"), float("inf")
 EXPLAINABLE = (checks.LtkitError, ValueError, TypeError)
 
@@ -373,7 +373,8 @@ for job in jobs:
 print(json.dumps(codes))
 """
 
-CLI_COMMON = ["--epochs", "1", "--model", "mlp", "--progress", "false", "--threads", "1"]
+CLI_COMMON = ["--epochs", "1", "--model", "mlp", "--progress", "false", "--threads", "1", "--checkpoint-every", "1",
+              "--eval-every", "1"]
 
 
 @dataclass
