@@ -985,11 +985,11 @@ def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
         data_wait += time.perf_counter() - waited
         if batch is None:
             break
-        value = _step(ctx, method, batch)
+        value, images = _step(ctx, method, batch)
         step += 1
-        # this rank's part of (global loss x global images, global images) and the images it saw itself
+        # this rank's part of (global loss x global images, global images) and the images it trained on itself
         share = batch.global_size / ctx.world_size
-        sums += torch.stack([value.detach().double() * share, sums.new_tensor(share), sums.new_tensor(len(batch.y))])
+        sums += torch.stack([value.detach().double() * share, sums.new_tensor(share), sums.new_tensor(images)])
     method.epoch_end(ctx, epoch)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
@@ -1005,8 +1005,9 @@ def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
     return row
 
 
-def _step(ctx: Context, method: Method, batch: Batch) -> Tensor:
-    """One optimiser step on this rank's share of a global batch; returns the (global-batch) loss value."""
+def _step(ctx: Context, method: Method, batch: Batch) -> tuple[Tensor, int]:
+    """One optimiser step on this rank's share of a global batch: the (global-batch) loss and the images used
+    (the method's batch: e.g. real + synthetic)."""
     batch = method.batch(ctx, batch)
     batch.x = _memory_format(ctx, batch.x)
     with ctx.autocast():
@@ -1016,7 +1017,7 @@ def _step(ctx: Context, method: Method, batch: Batch) -> Tensor:
     ctx.optimizer.zero_grad(set_to_none=True)
     value.backward()
     ctx.optimizer.step()
-    return value
+    return value, len(batch.y)
 
 
 def _train_size(ctx: Context) -> int:
