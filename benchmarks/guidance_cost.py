@@ -23,9 +23,11 @@ The ratio column is the guided time per image over the unguided one.
 Model: the committed ``digits-lt`` checkpoint (``ltkit.methods.diffusion``, 0.64 M
 parameters, 1x8x8) and feedback classifier, or ``--random`` for a randomly
 initialised model of the same shape (no checkpoint needed; timings are the
-same).  Runs alternate unguided / guided ``--repeats`` times and report the
-median, so a busy machine slows both alike; the load average is printed.
-On CPU one thread by default (``--threads``).  On
+same).  Every guided run follows an unguided one on the same batch; the
+ratio column is the median over ``--repeats`` of these paired ratios.  On CPU
+the time is the process's CPU time, so that other programs on a shared machine
+do not count (the load average is printed); one thread by default
+(``--threads``).  On
 CPU, and on the GPU as well when one is visible (``--device auto``).
 
 Run it
@@ -70,13 +72,17 @@ def _models(random: bool, device: str):
 
 
 def _time(fn, device: str) -> float:
+    """Seconds of ``fn``: on CPU the process's CPU time (other programs on a shared machine do not count),
+    on GPU wall time between synchronisations."""
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+    start = time.process_time()
     fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def run(device: str, args) -> None:
@@ -92,22 +98,28 @@ def run(device: str, args) -> None:
     for mode in args.modes:  # warm-up
         sample(feedback.Guidance("entropy", args.scale, mode=mode))
     times: dict[tuple, list[float]] = {key: [] for key in variants}
-    for _ in range(args.repeats):  # interleaved: a busy machine slows every variant alike
+    ratios: dict[tuple, list[float]] = {key: [] for key in variants}
+    for _ in range(args.repeats):  # each guided run right after an unguided one: a ratio per pair
         for key, guidance in variants.items():
+            if guidance is None:
+                continue
+            base = _time(lambda: sample(None), device) / args.batch
+            times["unguided", "", 0].append(base)
             times[key].append(_time(lambda: sample(guidance), device) / args.batch)
-    base = statistics.median(times["unguided", "", 0])
+            ratios[key].append(times[key][-1] / base)
+    ratios["unguided", "", 0] = [1.0]
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}: {args.steps} DDIM steps, CFG {args.cfg}, feedback scale {args.scale}, batch {args.batch}, "
           f"median of {args.repeats}")
     print(f"{'sampler':>12} {'criterion':>9} {'every':>5} {'ms / image':>11} {'x unguided':>11}")
-    ratios: dict[tuple, list[float]] = {}
+    summary: dict[tuple, list[float]] = {}
     for (mode, criterion, k), values in times.items():
-        median = statistics.median(values)
-        print(f"{mode:>12} {criterion:>9} {k or '':>5} {1000 * median:11.2f} {median / base:11.2f}")
+        ratio = statistics.median(ratios[mode, criterion, k])
+        print(f"{mode:>12} {criterion:>9} {k or '':>5} {1000 * statistics.median(values):11.2f} {ratio:11.2f}")
         if mode != "unguided":
-            ratios.setdefault((mode, k), []).append(median / base)
-    print("guided / unguided per image, over the criteria:")
-    for (mode, k), values in ratios.items():
+            summary.setdefault((mode, k), []).append(ratio)
+    print("guided / unguided per image (median of the paired ratios), over the criteria:")
+    for (mode, k), values in summary.items():
         print(f"  {mode:>12}, every {k}: {min(values):.2f} - {max(values):.2f}x")
 
 
