@@ -114,10 +114,10 @@ def show_profile(out_dir: Path) -> Path:
     print(f"\ngroups (many > {profiles.MANY_THRESHOLD}, few < {profiles.FEW_THRESHOLD}): {summary.groups}")
     for key in ("total", "imbalance_factor", "gini", "head_share", "tail_share"):
         print(f"{key:>17}: {getattr(summary, key)}")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    plots.use_style()
+    fig, axes = plots.panels(2)
     plots.plot_profile(counts, axes[0], title="digits-lt (linear)")
     plots.plot_profile(counts, axes[1], log=True, title="digits-lt (log)")
-    fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "digits-lt-profile.png"
     fig.savefig(path, dpi=120)
@@ -136,14 +136,13 @@ def leaderboard_table(records_by_dataset: dict[str, dict[str, list[dict]]]):
 
 
 def plot_leaderboard(records_by_dataset: dict[str, dict[str, list[dict]]], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(records_by_dataset), figsize=(6.5 * len(records_by_dataset), 5.5),
-                             squeeze=False, sharey=False)
-    for ax, (dataset, records) in zip(axes[0], records_by_dataset.items()):
+    plots.use_style()
+    fig, axes = plots.panels(len(records_by_dataset), size=(6.5, 6.0))
+    for ax, (dataset, records) in zip(axes, records_by_dataset.items()):
         plots.plot_leaderboard(records, ax)
         ax.set_title(dataset)
     seeds = max(len(rs) for records in records_by_dataset.values() for rs in records.values())
-    fig.suptitle(f"the leaderboard: final-epoch test accuracy, {seeds} seeds")
-    fig.tight_layout()
+    fig.suptitle(f"the leaderboard: final-epoch test accuracy, {seeds} seed{'s' if seeds > 1 else ''}")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

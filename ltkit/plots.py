@@ -1,7 +1,14 @@
-"""Plots shared by the notebooks and the demo (matplotlib / seaborn)."""
+"""Plots shared by the notebooks, the explorer and the demo (matplotlib / seaborn), in one style.
+
+Readable on a projector and in a laptop browser at 100 % zoom: :func:`use_style`
+sets seaborn's ``notebook`` context with every text at 10 pt or more at the
+figure's display size; :func:`panels` lays out at most three panels per row
+(wrapping the rest); legends go outside the data (:func:`legend_outside`).
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -10,6 +17,43 @@ import numpy as np
 from . import profiles
 
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
+MAX_PANELS_PER_ROW = 3
+PANEL_SIZE = (4.4, 3.4)  # inches per panel: 10-pt text stays legible at 100 % zoom
+STYLE_RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11,
+            "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10, "legend.title_fontsize": 10,
+            "figure.titlesize": 13, "figure.constrained_layout.use": True}
+
+
+def use_style() -> None:
+    """The kit's one figure style (seaborn ``notebook`` context, white grid, 10-pt minimum text)."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", rc=STYLE_RC)
+
+
+def panels(n: int, *, size: tuple[float, float] = PANEL_SIZE, sharey: bool = False,
+           **subplot_kw) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of ``n`` panels, at most three per row (the rest wrap); returns ``(fig, axes)`` (a flat list)."""
+    cols = min(n, MAX_PANELS_PER_ROW)
+    rows = math.ceil(n / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, sharey=sharey,
+                             **subplot_kw)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def legend_outside(ax: plt.Axes, *, below: bool = False, **kwargs) -> None:
+    """The legend beside (or below) the axes, never over the data."""
+    if not ax.get_legend_handles_labels()[0] and "handles" not in kwargs:
+        return
+    handles = kwargs.pop("handles", None)
+    labels = kwargs.pop("labels", None)
+    where = (dict(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=kwargs.pop("ncol", 3)) if below
+             else dict(loc="upper left", bbox_to_anchor=(1.01, 1.0)))
+    args = (handles, labels) if handles is not None else ()
+    ax.legend(*args, frameon=False, **where, **kwargs)
 
 
 def plot_profile(
@@ -32,7 +76,7 @@ def plot_profile(
         ax.set_yscale("log")
     handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLORS[g]) for g in profiles.GROUPS]
     sizes = profiles.group_sizes(counts, many, few)
-    ax.legend(handles, [f"{g} ({sizes[g]})" for g in profiles.GROUPS], loc="upper right", fontsize=8)
+    legend_outside(ax, handles=handles, labels=[f"{g} ({sizes[g]})" for g in profiles.GROUPS])
     ax.set_xlabel("class rank (head → tail)")
     ax.set_ylabel("training images" + (" (log)" if log else ""))
     ax.set_title(title or f"IF = {profiles.imbalance_factor(counts):.0f}, {sum(counts):,} images")
@@ -49,7 +93,7 @@ def plot_cumulative_share(counts_by_name: dict[str, Sequence[int]], ax: plt.Axes
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="balanced")
     ax.set_xlabel("fraction of classes (head first)")
     ax.set_ylabel("share of training images")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     return ax
 
 
@@ -64,7 +108,7 @@ def plot_group_bars(records: dict[str, list[dict]], ax: plt.Axes | None = None,
                yerr=np.nanstd(values, 0, ddof=1) if len(rs) > 1 else None, capsize=2, label=label)
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax)
     return ax
 
 
@@ -87,7 +131,7 @@ def plot_per_class_vs_size(records: dict[str, list[dict]], ax: plt.Axes | None =
     ax.set_xscale("log")
     ax.set_xlabel("training images in the class (log)")
     ax.set_ylabel("per-class test accuracy (%)")
-    ax.legend(fontsize=7)
+    legend_outside(ax)
     return ax
 
 
@@ -109,5 +153,5 @@ def plot_leaderboard(records: dict[str, list[dict]], ax: plt.Axes | None = None,
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlim(0, 101)
     ax.set_xlabel("test accuracy (%): seeds (dots) and their mean")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(keys), frameon=False)
+    legend_outside(ax, below=True, ncol=len(keys))
     return ax
