@@ -11,7 +11,7 @@ import ot
 import pytest
 import torch
 
-from ltkit import data, launch, losses, train
+from ltkit import data, launch, losses, models, train
 from ltkit.methods import ot as lot
 from ltkit.methods import synlt
 
@@ -93,7 +93,7 @@ def test_envelope_gradient_is_the_gradient_of_the_regularised_cost():
     xg = x.clone().requires_grad_(True)
     groups = torch.zeros(5, dtype=torch.long)
     result = lot.grouped_sinkhorn_cost(xg, groups, y[None], torch.full((1, 6), 1 / 6, dtype=torch.float64),
-                                       gamma=gamma, max_iter=5000, tol=1e-14, grad="envelope")
+                                       gamma=gamma, max_iter=5000, tol=1e-14, grad="envelope", scale="none")
     (grad,) = torch.autograd.grad(result.costs.sum(), xg)
     numeric = torch.zeros_like(x)
     for i in range(5):
@@ -114,12 +114,200 @@ def test_grouped_sinkhorn_equals_one_sinkhorn2_per_group(grad):
         mass[k, :s] = 1 / s
     points = torch.randn(10, 4, generator=gen, dtype=torch.float64)
     groups = torch.tensor([0, 2, 2, 0, 0, 2, 2, 0, 0, 2])  # group 1 absent
-    result = lot.grouped_sinkhorn_cost(points, groups, clouds, mass, gamma=0.3, max_iter=5000, tol=1e-12, grad=grad)
+    result = lot.grouped_sinkhorn_cost(points, groups, clouds, mass, gamma=0.3, max_iter=5000, tol=1e-12, grad=grad,
+                                       scale="none")
     assert result.groups.tolist() == [0, 2] and result.sizes.tolist() == [5, 5]
+    assert float(result.marginal_error.max()) <= 1e-12
     for k, value in zip((0, 2), result.costs):
         pair = lot.sinkhorn_cost(points[groups == k], clouds[k, :sizes[k]], gamma=0.3, max_iter=5000, tol=1e-12)
         assert float(value) == pytest.approx(float(pair), rel=1e-8)
     assert float(result.weighted_mean()) == pytest.approx(float(result.costs.mean()))
+
+
+# --------------------------------------------------------------------------- the batched solver, scaled costs, convergence
+def _problems(seed=0, sizes=(4, 7, 1), width=9, d=3, spread=1.0):
+    """Padded batch: problem k has sizes[k] random source points (uniform mass) against width - k target points."""
+    g = torch.Generator().manual_seed(seed)
+    n = max(sizes)
+    a = torch.zeros(len(sizes), n, dtype=torch.float64)
+    b = torch.zeros(len(sizes), width, dtype=torch.float64)
+    for k, size in enumerate(sizes):
+        a[k, :size] = 1 / size
+        b[k, :width - k] = torch.rand(width - k, generator=g, dtype=torch.float64) + 0.5
+    b = b / b.sum(1, keepdim=True)
+    x = torch.randn(len(sizes), n, d, generator=g, dtype=torch.float64) * spread
+    y = torch.randn(len(sizes), width, d, generator=g, dtype=torch.float64) * spread + 1
+    c = lot.cost_matrix(x, y) * ((a > 0)[:, :, None] & (b > 0)[:, None, :])
+    return c, a, b
+
+
+def _pot_plan(c, a, b, gamma):
+    """POT's own log-domain Sinkhorn on the real (unpadded) part of one problem, run to float64 precision."""
+    rows, cols = a > 0, b > 0
+    plan = ot.sinkhorn(a[rows], b[cols], c[rows][:, cols], gamma, method="sinkhorn_log", numItermax=100_000,
+                       stopThr=1e-14, warn=False)
+    full = torch.zeros(len(a), len(b), dtype=c.dtype)
+    full[torch.nonzero(rows)[:, :1], torch.nonzero(cols)[:, 0]] = plan
+    return full
+
+
+def _independent_scale(c, a, b):
+    """The "mean" scale re-derived: the cost of the independent coupling, sum_ij a_i b_j C_ij."""
+    return (a[:, :, None] * b[:, None, :] * c).sum((1, 2))
+
+
+@pytest.mark.parametrize("scale", lot.COST_SCALES)
+def test_batched_sinkhorn_agrees_with_pot_on_the_same_scaled_cost(scale):
+    """float64, padding rows and columns, non-uniform b: every plan equals POT's ot.sinkhorn on C / s."""
+    c, a, b = _problems()
+    s = lot.cost_scale(c, a, b, scale)
+    valid = (a > 0)[:, :, None] & (b > 0)[:, None, :]
+    expected_s = {"mean": _independent_scale(c, a, b), "max": c.masked_fill(~valid, -1).flatten(1).max(1).values,
+                  "none": torch.ones(3, dtype=torch.float64)}[scale]
+    torch.testing.assert_close(s, expected_s)
+    scaled = c / s[:, None, None]
+    gamma = 0.1 if scale != "none" else 0.5
+    solved = lot.sinkhorn_batch(scaled, a, b, gamma, max_iter=20_000, tol=1e-13)
+    assert float(solved.marginal_error.max()) <= 1e-13 and solved.n_iter < 20_000
+    torch.testing.assert_close(lot.marginal_error(solved.plan, a, b), solved.marginal_error, atol=1e-15, rtol=0)
+    for k in range(3):
+        torch.testing.assert_close(solved.plan[k], _pot_plan(scaled[k], a[k], b[k], gamma), atol=1e-11, rtol=0)
+    assert bool((solved.plan[~valid] == 0).all())  # padding carries no mass
+
+
+def test_entropic_plan_brackets_the_exact_cost_of_ot_emd():
+    """0 <= <P_γ, C> - emd <= γ (H(P_γ) - max(H(a), H(b))): P_γ minimises <P,C> - γH(P) and every coupling has
+    H(P) >= max(H(a), H(b)).  On the scaled cost of the default γ = 0.1, against ot.emd."""
+    c, a, b = _problems(sizes=(6, 6, 6), width=12)
+    scaled = c / lot.cost_scale(c, a, b, "mean")[:, None, None]
+    solved = lot.sinkhorn_batch(scaled, a, b, 0.1, max_iter=20_000, tol=1e-13)
+    for k in range(3):
+        rows, cols = a[k] > 0, b[k] > 0
+        ck = scaled[k][rows][:, cols]
+        exact = float((ot.emd(a[k][rows], b[k][cols], ck) * ck).sum())
+        plan = solved.plan[k][rows][:, cols]
+        entropy = lambda p: float(-(p[p > 0] * p[p > 0].log()).sum())  # noqa: E731
+        gap = float((plan * ck).sum()) - exact
+        assert 0 <= gap <= 0.1 * (entropy(plan) - max(entropy(a[k][rows]), entropy(b[k][cols]))) + 1e-12
+
+
+def test_the_stabilised_iterations_stay_finite_where_the_kernel_underflows():
+    """C/γ up to ~1900: 15 % of e^{-C/γ} is 0 even in float64; the absorbed scalings still give POT's plan."""
+    c, a, b = _problems(spread=2.0)
+    gamma = 0.05
+    assert float((torch.exp(-c / gamma) == 0).double().mean()) > 0.1
+    solved = lot.sinkhorn_batch(c, a, b, gamma, max_iter=50_000, tol=1e-11)
+    assert solved.absorptions > 0 and bool(torch.isfinite(solved.plan).all())
+    assert float(solved.marginal_error.max()) <= 1e-11
+    for k in range(3):
+        torch.testing.assert_close(solved.plan[k], _pot_plan(c[k], a[k], b[k], gamma), atol=1e-9, rtol=0)
+
+
+def test_the_solver_reports_the_error_it_reached_when_the_cap_stops_it():
+    c, a, b = _problems()
+    capped = lot.sinkhorn_batch(c, a, b, 0.05, max_iter=3, tol=1e-9)
+    assert capped.n_iter == 3
+    torch.testing.assert_close(capped.marginal_error, lot.marginal_error(capped.plan, a, b), atol=1e-15, rtol=0)
+    assert float(capped.marginal_error.max()) > 1e-3
+    torch.testing.assert_close(capped.plan.sum(2), a, atol=1e-15, rtol=0)  # the rows are exact
+
+
+def test_a_warm_start_reaches_the_same_plan_in_fewer_iterations():
+    c, a, b = _problems()
+    first = lot.sinkhorn_batch(c, a, b, 0.1, max_iter=5000, tol=1e-10)
+    moved = c * (1 + 0.02 * torch.rand(c.shape, generator=torch.Generator().manual_seed(5), dtype=c.dtype))
+    cold = lot.sinkhorn_batch(moved, a, b, 0.1, max_iter=5000, tol=1e-10)
+    warm = lot.sinkhorn_batch(moved, a, b, 0.1, max_iter=5000, tol=1e-10, init=first.log_v)
+    assert warm.n_iter < 0.8 * cold.n_iter
+    again = lot.sinkhorn_batch(c, a, b, 0.1, max_iter=5000, tol=1e-10, init=first.log_v)
+    assert again.n_iter == 1  # started at the solution: converged after one row update
+    torch.testing.assert_close(warm.plan, cold.plan, atol=1e-9, rtol=0)
+    cache = lot.DualCache(5, c.shape[2], dtype=torch.float64)
+    assert cache.get(torch.tensor([1, 3])) is None
+    cache.put(torch.tensor([1, 3]), first.log_v[:2])
+    start = cache.get(torch.tensor([3, 4]))
+    torch.testing.assert_close(start[0], first.log_v[1].nan_to_num(0.0, neginf=0.0))
+    assert bool((start[1] == 0).all())  # unknown cloud: a cold start
+
+
+def test_autodiff_through_the_batched_solver_matches_finite_differences():
+    """grad="autodiff" through a fixed number of stabilised iterations, padding included: gradcheck."""
+    gen = torch.Generator().manual_seed(3)
+    clouds = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    mass = torch.tensor([[0.2] * 5, [0.25] * 4 + [0.0]], dtype=torch.float64)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    groups = torch.tensor([0, 1, 1, 0, 1])
+    assert torch.autograd.gradcheck(lambda z: lot.grouped_sinkhorn_cost(
+        z, groups, clouds, mass, gamma=0.5, max_iter=25, tol=0, grad="autodiff", scale="none").costs, (x,))
+    # scale="mean" holds the scale s_k constant (detached): the plan of C/s_k at γ is the plan of C at γ s_k,
+    # so the gradient is that of the unscaled problem at γ s_k, divided by s_k
+    scaled = lot.grouped_sinkhorn_cost(x, groups, clouds, mass, gamma=0.5, max_iter=25, tol=0, grad="autodiff")
+    (grad,) = torch.autograd.grad(scaled.costs.sum(), x)
+    expected = torch.zeros_like(x)
+    for k, s_k in zip(scaled.groups.tolist(), scaled.scales.tolist()):
+        rows = groups == k
+        z = x.detach()[rows].requires_grad_(True)
+        raw = lot.grouped_sinkhorn_cost(z, torch.zeros(len(z), dtype=torch.long), clouds[k:k + 1], mass[k:k + 1],
+                                        gamma=0.5 * s_k, max_iter=25, tol=0, grad="autodiff", scale="none")
+        (expected[rows],) = torch.autograd.grad(raw.costs.sum() / s_k, z)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("setting", ["trained digits g", "untrained CIFAR-shaped ResNet-32"])
+def test_the_synthesizers_sinkhorn_converges_at_its_defaults(setting, digits_setup):
+    """The OT problems of a real synthesis step (seed features against the real class clouds) at the
+    SynthesisConfig defaults: the L1 marginal error is below ot_tol well before the cap, the plan is
+    POT's ot.sinkhorn on the same scaled cost (float64), and the envelope gradient is that of the converged
+    plan.  The old reading (raw squared distances, absolute γ = 0.1, the paper's 200 iterations) is not converged."""
+    params = synlt.SynthesisConfig()
+    if setting == "trained digits g":
+        s = digits_setup
+        g, clouds, x, y, counts = s["g"], s["clouds"], s["x"], s["y"], s["digits"].class_counts
+    else:
+        counts = [500, 300, 150, 80, 40]
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        g = synlt._freeze(models.make_model("resnet32", 5, in_channels=3, image_size=32))
+        labels = torch.arange(5).repeat_interleave(torch.tensor([60, 60, 60, 60, 40]))
+        images = torch.randint(0, 256, (len(labels), 3, 32, 32), dtype=torch.uint8, generator=gen)
+        clouds = synlt.class_clouds(g.features, images, labels, 5)
+        x, y = images[:: 5].float() / 255, labels[:: 5]
+    gen = torch.Generator().manual_seed(1)
+    slots = synlt.generation_slots(y, counts, gen)
+    keep, seed_pos, _ = synlt.choose_seeds(y, y[slots], counts, params.beta, gen)
+    targets = y[slots][keep]
+    with torch.no_grad():
+        feats = g.features((x[seed_pos] + synlt.initial_noise(x[seed_pos].shape, 0.5, gen)).clamp(0, 1))
+    assert len(targets.unique()) >= 3
+    feats = feats.double().requires_grad_(True)
+    fclouds, fmass = clouds.features.double(), clouds.mass.double()
+    result = lot.grouped_sinkhorn_cost(feats, targets, fclouds, fmass, gamma=params.gamma, cost=params.cost,
+                                       max_iter=params.ot_iters, tol=params.ot_tol, scale=params.cost_scale,
+                                       keep_plans=True)
+    assert float(result.marginal_error.max()) <= params.ot_tol and result.n_iter < params.ot_iters / 2
+    (grad,) = torch.autograd.grad(result.weighted_mean(), feats)
+    # re-derived: the same problems one by one, scale = sum_ij a_i b_j C_ij, POT's solver to float64 precision
+    reference_grad = torch.zeros_like(feats)
+    for k, cls in enumerate(result.groups.tolist()):
+        rows = torch.nonzero(targets == cls).flatten()
+        cols = torch.nonzero(fmass[cls] > 0).flatten()
+        a = torch.full((len(rows),), 1 / len(rows), dtype=torch.float64)
+        b = fmass[cls, cols] / fmass[cls, cols].sum()
+        z = feats[rows].detach().requires_grad_(True)
+        cost = ((z[:, None, :] - fclouds[cls, cols][None]) ** 2).sum(-1)
+        scale = float((a[:, None] * b[None, :] * cost.detach()).sum())
+        plan = ot.sinkhorn(a, b, cost.detach() / scale, params.gamma, method="sinkhorn_log", numItermax=100_000,
+                           stopThr=1e-14, warn=False)
+        ours = result.plans[k, :len(rows), :][:, cols]
+        assert float((ours - plan).abs().sum()) < 10 * params.ot_tol
+        assert float((plan.sum(0) - b).abs().sum()) < 1e-12
+        weight = len(rows) / len(targets)
+        (reference_grad[rows],) = torch.autograd.grad(weight * (plan * cost).sum() / scale, z)
+    relative = float((grad - reference_grad).norm() / reference_grad.norm())
+    assert relative < 10 * params.ot_tol
+    old = lot.grouped_sinkhorn_cost(feats.detach(), targets, fclouds, fmass, gamma=0.1, max_iter=200, tol=params.ot_tol,
+                                    scale="none")
+    assert float(old.marginal_error.max()) > 10 * params.ot_tol and old.n_iter == 200
 
 
 @pytest.mark.parametrize("call, message", [
@@ -138,6 +326,10 @@ def test_grouped_sinkhorn_equals_one_sinkhorn2_per_group(grad):
      r"cloud\(s\) \[0\] are empty"),
     (lambda x, y: lot.grouped_sinkhorn_cost(x, torch.zeros(7, dtype=torch.long), y[None], torch.ones(1, 11) / 11,
                                             grad="implicit"), "unknown grad"),
+    (lambda x, y: lot.grouped_sinkhorn_cost(x, torch.zeros(7, dtype=torch.long), y[None], torch.ones(1, 11) / 11,
+                                            scale="median"), "unknown cost scale 'median'"),
+    (lambda x, y: lot.sinkhorn_batch(lot.cost_matrix(x, y)[None], torch.ones(1, 7) / 7, torch.ones(1, 11) / 11, 0.1,
+                                     init=torch.zeros(1, 7)), r"init must have the shape of b \(1, 11\)"),
 ])
 def test_bad_ot_input_gets_a_clear_error(call, message):
     x, y = _clouds()
@@ -265,6 +457,8 @@ def test_empty_class_cloud_is_a_clear_error(digits_setup):
     ("synlt", dict(beta=1.0), "beta=1.0"),
     ("synlt", dict(steps=0), "steps=0"),
     ("synlt", dict(cost="l1"), "cost 'l1'; choose one of"),
+    ("synlt", dict(cost_scale="median"), "cost_scale 'median'; choose one of"),
+    ("synlt", dict(ot_tol=-1e-4), "ot_tol=-0.0001"),
     ("synlt", dict(seeds="cifar"), "seeds 'cifar'; choose one of"),
     ("m2m", dict(resample="always"), "resample 'always'; choose one of"),
     ("m2m", dict(lamda2=0.5), r"unknown parameter\(s\) \['lamda2'\]"),
@@ -297,7 +491,7 @@ def test_default_start_epoch_is_80_percent_of_training():
 
 
 SMALL = dict(epochs=4, progress=False, batch_size=128)
-SYN = dict(start_epoch=2, g_epochs=2, steps=2, eta=0.3, ot_iters=30, beta=0.96, tau=0.5)
+SYN = dict(start_epoch=2, g_epochs=2, steps=2, eta=0.3, beta=0.96, tau=0.5)
 
 
 def test_joint_training_resumes_bit_exactly_after_a_crash(tmp_path, monkeypatch):
@@ -325,6 +519,11 @@ def test_joint_training_resumes_bit_exactly_after_a_crash(tmp_path, monkeypatch)
     assert syn_whole == syn_resumed and [h["epoch"] for h in syn_whole["history"]] == [2, 3]
     assert all(h["candidates"] > 0 and h["slots"] >= h["candidates"] >= h["accepted"] for h in syn_whole["history"])
     assert sum(syn_whole["history"][-1]["accepted_per_class"]) == syn_whole["history"][-1]["accepted"]
+    # the OT term's Sinkhorn, recorded per epoch: one solve per step of every batch, converged at the defaults
+    for h in syn_whole["history"]:
+        assert h["ot_solves"] > 0 and h["ot_solves"] % 2 == 0 and h["ot_unconverged"] == 0  # T = 2 per batch
+        assert 0 < h["ot_max_marginal_error"] <= synlt.SynthesisConfig.ot_tol
+        assert 1 <= h["ot_mean_iterations"] < synlt.SynthesisConfig.ot_iters
 
 
 def test_m2m_with_a_g_run_and_ldam_under_two_process_ddp(tmp_path, monkeypatch):
@@ -334,7 +533,7 @@ def test_m2m_with_a_g_run_and_ldam_under_two_process_ddp(tmp_path, monkeypatch):
     params = dict(SYN, g_run=ce["dir"])
     params.pop("g_epochs")
     ddp = launch.run("digits-lt", nproc=2, name="m2m-ddp", out_dir=str(tmp_path), loss="ldam-drw", method="m2m",
-                     method_params={k: v for k, v in params.items() if k != "ot_iters"}, **{**SMALL, "epochs": 3})
+                     method_params=params, **{**SMALL, "epochs": 3})
     assert ddp["result"]["world_size"] == 2 and all(math.isfinite(r["train_loss"]) for r in ddp["history"])
     history = json.loads((Path(ddp["dir"]) / "synthesis.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [2]
