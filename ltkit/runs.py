@@ -388,6 +388,8 @@ def _lock_run_dir(run_dir: Path) -> None:
     except PermissionError as err:
         raise checks.InputError(f"cannot write into {run_dir} ({err.strerror}): choose an out_dir you can write "
                                 "to.") from err
+    except RunExistsError:  # RunInUseError: a FileExistsError too, but with its own message
+        raise
     except (NotADirectoryError, FileExistsError) as err:  # a file where out_dir (or a folder above it) should be
         blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), run_dir.parent)
         raise checks.InputError(f"cannot create the run folder {run_dir}: {blocker} is a file, not a folder; choose "

@@ -1000,3 +1000,139 @@ def test_H_damaged_runs_are_skipped_by_load_runs_and_noted_by_the_explorer(tmp_p
     notes = explorer.message.value
     assert "wrong-shape-config" in notes and "cut-result" in notes and "could not be read" in notes
     assert list(explorer.groups) and "good" not in notes
+
+
+# =========================================================================== (f) faults
+# A real interpreter running the command line, with one hook: it stops in the middle of an epoch (after
+# ``step`` optimiser steps of epoch ``epoch``), says so through a file, and waits to be released (or killed).
+VICTIM = r"""
+import os, sys, time
+from pathlib import Path
+import ltkit.train as engine
+epoch_at, step_at = map(int, os.environ["LTKIT_PAUSE"].split(","))
+ready, release = Path(os.environ["LTKIT_READY"]), Path(os.environ["LTKIT_RELEASE"])
+batches = engine.tensor_batches
+
+def paused(ctx, epoch):
+    for step, batch in enumerate(batches(ctx, epoch)):
+        if (epoch, step) == (epoch_at, step_at):
+            ready.write_text(str(os.getpid()))
+            while not release.exists():
+                time.sleep(0.01)
+        yield batch
+
+engine.tensor_batches = paused
+engine.method_names()
+go = os.environ.get("LTKIT_GO")
+while go and not Path(go).exists():
+    time.sleep(0.005)
+from ltkit.cli import main
+main(sys.argv[1:])
+"""
+FAULT_ARGS = [*CLI_COMMON, "--epochs", "3"]
+
+
+def victim(tmp_path: Path, tag: str, *args: str, go: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    ready = tmp_path / f"ready-{tag}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore::DeprecationWarning", "LTKIT_PAUSE": "1,2",
+           "LTKIT_READY": str(ready), "LTKIT_RELEASE": str(tmp_path / "release"), **({"LTKIT_GO": str(go)} if go else {})}
+    proc = subprocess.Popen([sys.executable, "-c", VICTIM, *FAULT_ARGS, "--out-dir", str(tmp_path / "runs"), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, ready
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_H_two_processes_start_one_run_name_at_once(tmp_path):
+    """One wins, the other gets one line naming the holder's pid and host; the record is the winner's alone."""
+    go = tmp_path / "go"
+    procs = {lr: victim(tmp_path, lr, "--name", "same", "--lr", lr, go=go) for lr in ("0.05", "0.2")}
+    go.touch()
+    wait_for(lambda: sum(p.poll() is not None for p, _ in procs.values()) == 1
+             and sum(ready.exists() for _, ready in procs.values()) == 1, "one winner paused and one loser gone")
+    (win_lr, (winner, _)), = [(lr, pr) for lr, pr in procs.items() if pr[1].exists()]
+    (loser, _), = [pr for lr, pr in procs.items() if lr != win_lr]
+    loser_out, loser_err = loser.communicate(timeout=60)
+    (tmp_path / "release").touch()
+    winner_out, winner_err = winner.communicate(timeout=180)
+    assert winner.returncode == 0, winner_err
+    assert loser.returncode == 2 and loser_out == ""
+    lines = loser_err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in loser_err, loser_err
+    assert f"is in use by process {winner.pid} on host {socket.gethostname()}" in lines[0]
+    assert "choose another run name (--name)" in lines[0]
+    run_dir = tmp_path / "runs" / "same"
+    record = runs.load_run(run_dir)
+    assert record["config"]["lr"] == float(win_lr) == model_state(run_dir)["config"]["lr"]
+    assert [row["epoch"] for row in record["history"]] == [0, 1, 2]  # one row per epoch: no interleaving
+    assert not (run_dir / runs.LOCK_NAME).exists()
+    reference = fit(tmp_path / "reference", name="same", epochs=3, lr=float(win_lr))
+    assert_same_run(Path(reference["dir"]), run_dir)
+
+
+def test_H_sigkill_and_sigint_mid_epoch_then_resume_equal_an_uninterrupted_run(tmp_path):
+    """SIGKILL / SIGINT in the middle of epoch 1 of 3; ``--resume`` ends bit-exactly where an uninterrupted run ends
+    (checkpoint tensors, optimiser state, result.json and history minus times), also after a history line cut by
+    the kill."""
+    killed, killed_ready = victim(tmp_path, "kill", "--name", "killed")
+    interrupted, interrupted_ready = victim(tmp_path, "int", "--name", "interrupted")
+    reference = Path(fit(tmp_path / "reference", name="whole", epochs=3)["dir"])  # meanwhile, in this process
+    wait_for(lambda: killed_ready.exists() and interrupted_ready.exists(), "both runs to pause mid-epoch")
+    killed.send_signal(signal.SIGKILL)
+    interrupted.send_signal(signal.SIGINT)
+    _, killed_err = killed.communicate(timeout=60)
+    interrupted_out, interrupted_err = interrupted.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed_err
+    assert interrupted.returncode == 130, interrupted_err
+    lines = interrupted_err.splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0] and interrupted_out == ""
+    out = tmp_path / "runs"
+    for name in ("killed", "interrupted"):
+        assert [r["epoch"] for r in runs.read_history(out / name)] == [0] and not (out / name / "result.json").exists()
+        assert model_state(out / name)["epoch"] == 0
+    assert (out / "killed" / runs.LOCK_NAME).exists() and not (out / "interrupted" / runs.LOCK_NAME).exists()
+    shutil.copytree(out / "killed", out / "cut")  # as if the kill had come while epoch 1's row was being written
+    with open(out / "cut" / "history.jsonl", "a") as f:
+        f.write('{"epoch": 1, "lr": 0.05, "train_lo')
+    for name in ("killed", "interrupted", "cut"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli.main([*FAULT_ARGS, "--out-dir", str(out), "--name", name, "--resume"])
+        stale = [str(w.message) for w in caught if "stale lock" in str(w.message)]
+        assert bool(stale) == (name != "interrupted"), (name, stale)  # a killed run's lock is taken over, and said so
+        assert_same_run(reference, out / name)
+        assert not (out / name / runs.LOCK_NAME).exists()
+
+
+def test_C_damaged_split_file_tree_through_the_engine(tmp_path):
+    """A truncated JPEG found by a DataLoader worker in epoch 0: one line naming file and line; the run is left as
+    'stopped before its first checkpoint' and, once the file is replaced, the command the next message names works."""
+    root = tmp_path / "ImageNet_LT"
+    write_image_tree(root, [6, 3, 2], test_per_class=2)
+    broken = root / "train/n00000001/img_2.JPEG"
+    good = broken.read_bytes()
+    broken.write_bytes(good[:150])
+    config = dict(data_root=str(root), model="small-cnn", model_params={"in_channels": 3}, image_size=16, batch_size=4,
+                  num_workers=1, out_dir=str(tmp_path / "runs"), name="tree", epochs=1, progress=False, threads=1)
+
+    def run(**extra):
+        return train.fit("imagenet-lt", data=data.load_dataset("imagenet-lt", root=root, num_classes=3),
+                         **{**config, **extra})
+
+    with pytest.raises(data.ImageReadError) as err:
+        run()
+    assert_clear(err.value, [str(broken), "line 9 of", "ImageNet_LT_train.txt", "cannot be read as an image",
+                             "replace the file", "DataLoader worker"])
+    run_dir = tmp_path / "runs" / "tree"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"] and not runs._HELD
+    broken.write_bytes(good)
+    with pytest.raises(runs.RunExistsError) as err:
+        run()
+    message = assert_clear(err.value, ["stopped before its first checkpoint", "if_exists='resume'", "start it afresh"])
+    record = run(if_exists=message.split("pass if_exists='")[1].split("'")[0])  # what the message says to do
+    assert record["result"]["class_counts"] == [6, 3, 2] and [r["epoch"] for r in record["history"]] == [0]
