@@ -390,6 +390,7 @@ class Cli:
     then: list[list[str]] = field(default_factory=list)  # further commands, run after argv
     check: Callable[[list[dict], Path], None] | None = None
     xfail: str | None = None
+    real: bool = False  # run as `python -m ltkit.train ...` in a fresh interpreter (not a forked child)
 
 
 def _cli_crafted_checkpoint(folder: Path) -> None:
@@ -447,6 +448,8 @@ def _check_debug(results: list[dict], folder: Path) -> None:
 
 CLI_CASES = [
     Cli("C-lr-nan", ["--lr", "nan"], ["lr=nan", "finite"]),
+    Cli("C-name-dotdot-python-m-ltkit-train", ["--name", "..", "--if-exists", "overwrite"], ["run name '..'", "e.g."],
+        setup=_cli_project_folder, real=True),
     Cli("C-lr-not-a-number", ["--lr", "abc"], ["--lr", "expected a number", "--help"]),
     Cli("C-unknown-option", ["--learning-rate", "0.1"], ["unrecognized arguments", "--learning-rate", "--help"]),
     Cli("C-unknown-preset", ["--preset", "cifar1000-lt"], ["unknown preset 'cifar1000-lt'", "choose one of"]),
@@ -489,27 +492,34 @@ CLI_CASES = [
 def cli_runs(tmp_path_factory) -> dict[str, dict]:
     """Every CLI case run once (in one batch): id -> folder, files before, results, files after."""
     base = tmp_path_factory.mktemp("cli")
-    jobs, cases = [], {}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    jobs, cases, real = [], {}, []
     for c in CLI_CASES:
         folder = base / c.id / "work"
         folder.mkdir(parents=True)
         extra = (c.setup(folder) if c.setup else None) or []
+        before = tree(folder.parent.parent / c.id)
         commands = [[*CLI_COMMON, *extra, *c.argv], *[[*CLI_COMMON, *extra, *more] for more in c.then]]
         outs = []
         for i, argv in enumerate(commands):
             out = dict(cwd=str(folder), argv=argv, stdout=str(base / c.id / f"out{i}"), stderr=str(base / c.id / f"err{i}"))
-            jobs.append(out)
             outs.append(out)
-        cases[c.id] = dict(folder=folder, before=tree(folder.parent.parent / c.id), jobs=outs)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+            if c.real:  # started now, running alongside the fork server
+                with open(out["stdout"], "w") as stdout, open(out["stderr"], "w") as stderr:
+                    real.append(subprocess.Popen([sys.executable, "-m", "ltkit.train", *argv], cwd=folder, env=env,
+                                                 stdout=stdout, stderr=stderr))
+            else:
+                jobs.append(out)
+        cases[c.id] = dict(folder=folder, before=before, jobs=outs)
     done = subprocess.run([sys.executable, "-c", FORK_SERVER], input=json.dumps(jobs), env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     codes = iter(json.loads(done.stdout.splitlines()[-1]))
+    real_codes = iter([proc.wait(timeout=300) for proc in real])
     for c in CLI_CASES:
         entry = cases[c.id]
-        entry["results"] = [dict(rc=next(codes), stdout=Path(j["stdout"]).read_text(), stderr=Path(j["stderr"]).read_text())
-                            for j in entry["jobs"]]
+        entry["results"] = [dict(rc=next(real_codes if c.real else codes), stdout=Path(j["stdout"]).read_text(),
+                                 stderr=Path(j["stderr"]).read_text()) for j in entry["jobs"]]
         entry["after"] = tree(base / c.id)
     return cases
 
