@@ -61,18 +61,35 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import ipywidgets as widgets
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import metrics, profiles, runs
+from . import metrics, plots, profiles, runs, stats
 
 GROUP_KEYS = ("overall", "many", "medium", "few", "worst")
 SORT_CHOICES = ("as listed", "name", *GROUP_KEYS)
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 HISTORY_PREFERRED = ("overall", "few", "medium", "many", "worst", "train_loss", "lr")
 # config fields that do not make two runs different methods
-CONFIG_IGNORED = frozenset({"seed", "name", "label", "out_dir", "if_exists", "progress", "device", "num_workers",
-                            "data_root"})
+CONFIG_IGNORED = frozenset({"seed", "data_seed", "name", "label", "out_dir", "if_exists", "progress", "device",
+                            "num_workers", "data_root", "threads"})
+_PER_SEED_RUN = re.compile(r"-s\d+(?=$|[/\\])")  # a run of one seed in a path: ".../ce-s3" (launch.run_grid's names)
+
+
+def method_identity(config: Mapping) -> dict:
+    """The config fields that make a method what it is: never the seed, nor what varies with it."""
+
+    def normalise(value: Any) -> Any:
+        if isinstance(value, str):
+            return _PER_SEED_RUN.sub("-s*", value)
+        if isinstance(value, Mapping):
+            return {k: normalise(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [normalise(v) for v in value]
+        return value
+
+    return {k: normalise(v) for k, v in config.items() if k not in CONFIG_IGNORED}
 _SEED_SUFFIX = re.compile(r"-s\d+$")
 
 
@@ -124,9 +141,10 @@ class Run:
         return int(stored or 1)
 
     def fingerprint(self) -> str:
-        """The config without seed and volatile fields: equal fingerprints = seeds of one method."""
-        kept = {k: v for k, v in self.config.items() if k not in CONFIG_IGNORED}
-        return json.dumps(kept, sort_keys=True, default=str)
+        """The method's identity: the config without the fields that vary with the seed (seed, data_seed, name,
+        label, ...) and with per-seed run references such as ``.../ce-s3`` written as ``.../ce-s*``; equal
+        fingerprints are seeds of one method."""
+        return json.dumps(method_identity(self.config), sort_keys=True, default=str)
 
 
 def record_problem(record: Any) -> str | None:
@@ -229,8 +247,9 @@ def group_runs(all_runs: Iterable[Run]) -> tuple[dict[str, list[Run]], list[str]
 
 
 def _differing_fields(configs: list[dict]) -> list[str]:
-    keys = sorted(set().union(*configs) - CONFIG_IGNORED)
-    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    identities = [method_identity(c) for c in configs]
+    keys = sorted(set().union(*identities))
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in identities}) > 1]
 
 
 # =========================================================================== numbers
@@ -264,6 +283,28 @@ def sort_labels(labels: Sequence[str], summary: Mapping[str, Mapping], order: st
     return sorted(labels, key=key)
 
 
+def paired_columns(groups: Mapping[str, Sequence[Run]], labels: Sequence[str], baselines: Mapping[str, str],
+                   many: int, few: int, keys: Sequence[str] = ("overall", "few")) -> dict[str, list[str]]:
+    """``vs`` and ``Δ <key>`` columns: each method against its baseline, paired by seed (:mod:`ltkit.stats`)."""
+
+    def by_seed(rs: Sequence[Run], key: str) -> dict[int, float]:
+        return {r.config.get("seed", 0): regroup(r.result, many, few)[key] for r in rs if r.finished}
+
+    columns: dict[str, list[str]] = {"vs": [], **{f"Δ {k}": [] for k in keys}}
+    for label in labels:
+        base = baselines.get(label)
+        columns["vs"].append(base if base in groups else "")
+        for key in keys:
+            if base not in groups:
+                columns[f"Δ {key}"].append("")
+                continue
+            mine, theirs = by_seed(groups[label], key), by_seed(groups[base], key)
+            seeds = sorted(set(mine) & set(theirs))
+            paired = stats.paired_difference([mine[s] for s in seeds], [theirs[s] for s in seeds])
+            columns[f"Δ {key}"].append(stats.format_paired(paired))
+    return columns
+
+
 def summary_frame(summary: Mapping[str, Mapping], labels: Sequence[str]):
     """The table shown in the widget: "mean ± std" (percent) by group and the number of seeds."""
     import pandas
@@ -294,7 +335,7 @@ def _shade_groups(ax, counts: np.ndarray, many: int, few: int) -> None:
     for edge, text in ((few_edge, f"few < {few}"), (many_edge, f"many > {many}")):
         if lo < edge < hi:
             ax.axvline(edge, color="grey", linestyle="--", linewidth=1)
-            ax.text(edge, 1.0, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8, color="grey")
+            ax.text(edge, 1.0, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", color="grey")
     ax.set_xlim(lo, hi)
 
 
@@ -327,7 +368,7 @@ def draw_per_class(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, man
     ax.set_xlabel("training images in the class (log)")
     ax.set_ylabel("per-class test accuracy (%), mean over seeds")
     ax.set_title("per-class accuracy vs class size (colour = group)", pad=14)
-    ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
+    ax.legend(handles=handles, loc="lower right", ncol=2)
 
 
 def draw_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, colors: Mapping,
@@ -350,12 +391,12 @@ def draw_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, c
     ax.set_xticks(x, ticks)
     for k, xi in zip(GROUP_KEYS, x):
         if sizes.get(k) == 0:
-            ax.text(xi, 2, "no class", ha="center", fontsize=8, color="grey")
+            ax.text(xi, 2, "no class", ha="center", color="grey")
     ax.set_ylim(0, 105)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy by group: mean ± std over seeds, dots = seeds")
     if labels:
-        ax.legend(fontsize=7, ncol=2, loc="lower left")
+        ax.legend(ncol=2, loc="lower left")
 
 
 def draw_confusion(ax, run: Run | None) -> None:
@@ -372,7 +413,7 @@ def draw_confusion(ax, run: Run | None) -> None:
     support = matrix.sum(1, keepdims=True)
     recall = np.divide(matrix, support, out=np.zeros_like(matrix), where=support > 0) * 100
     small = len(matrix) <= 15
-    sns.heatmap(recall, ax=ax, cmap="Blues", vmin=0, vmax=100, annot=small, fmt=".0f", annot_kws={"fontsize": 7},
+    sns.heatmap(recall, ax=ax, cmap="Blues", vmin=0, vmax=100, annot=small, fmt=".0f", annot_kws={"fontsize": 10},
                 cbar_kws={"label": "% of the true class"}, square=small,
                 xticklabels="auto", yticklabels="auto")
     ax.set_xlabel("predicted class")
@@ -384,35 +425,68 @@ def _is_descending(counts: Sequence[int] | None) -> bool:
     return bool(counts) and all(a >= b for a, b in zip(counts, counts[1:]))
 
 
+def _per_epoch(rs: Sequence[Run], metric: str) -> dict[int, list[float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for run in rs:
+        for row in run.history:
+            if metric in row and "epoch" in row and _is_number(row[metric]):
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(row[metric]))
+    return by_epoch
+
+
 def draw_history(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, metric: str | None) -> None:
-    """One line per method: the metric per epoch, mean over the seeds that reached it, min-max band."""
+    """The metric at every epoch it was evaluated (markers where evaluation is sparse), mean over seeds with a
+    min-max band, and the training loss of every epoch on a second axis (thin dashed lines)."""
     drawn = False
     for label, rs in groups.items():
-        by_epoch: dict[int, list[float]] = {}
-        for run in rs:
-            for row in run.history:
-                if metric in row and "epoch" in row and _is_number(row[metric]):
-                    by_epoch.setdefault(int(row["epoch"]), []).append(float(row[metric]))
+        by_epoch = _per_epoch(rs, metric) if metric else {}
         if not by_epoch:
             continue
         epochs = np.array(sorted(by_epoch))
         scale = 100 if metric in GROUP_KEYS else 1
         values = [np.array(by_epoch[e]) * scale for e in epochs]
+        last = max(int(row.get("epoch", 0)) for r in rs for row in r.history) + 1
+        sparse = len(epochs) < 0.5 * last
         running = sum(not r.finished for r in rs)
-        ax.plot(epochs + 1, [v.mean() for v in values], color=colors[label],
-                label=label + (f" ({running} running)" if running else ""))
+        ax.plot(epochs + 1, [v.mean() for v in values], color=colors[label], marker="o" if sparse else None,
+                markersize=4, label=label + (f" ({running} running)" if running else ""))
         ax.fill_between(epochs + 1, [v.min() for v in values], [v.max() for v in values], color=colors[label], alpha=0.15)
         drawn = True
-    if not drawn:
-        ax.text(0.5, 0.5, "no history to show", ha="center", va="center", transform=ax.transAxes)
+    loss_drawn = metric != "train_loss" and _draw_train_loss(ax, groups, colors)
+    if not drawn and not loss_drawn:
+        evaluated = sum(len(r.history) for rs in groups.values() for r in rs)
+        reason = ("no run has a history yet (is training still starting?)" if not evaluated else
+                  f"no run recorded {metric!r}; choose another metric in 'history of'")
+        ax.text(0.5, 0.5, reason, ha="center", va="center", transform=ax.transAxes, wrap=True)
+        ax.set_axis_off()
         return
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (%)" if metric in GROUP_KEYS else str(metric))
-    ax.set_title(f"history: {metric} per epoch (mean over seeds, band = min-max)")
-    ax.legend(fontsize=7, loc="best")
+    if drawn:
+        ax.set_ylabel(f"{metric} (%)" if metric in GROUP_KEYS else str(metric))
+        ax.legend(loc="lower right")
+    ax.set_title(f"history: {metric} (markers: evaluated epochs) and train loss (dashed)" if loss_drawn
+                 else f"history: {metric} per epoch (mean over seeds, band = min-max)")
+
+
+def _draw_train_loss(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping) -> bool:
+    twin = None
+    for label, rs in groups.items():
+        by_epoch = _per_epoch(rs, "train_loss")
+        if not by_epoch:
+            continue
+        twin = twin or ax.twinx()
+        epochs = np.array(sorted(by_epoch))
+        twin.plot(epochs + 1, [np.mean(by_epoch[e]) for e in epochs], color=colors[label], linestyle="--",
+                  linewidth=1, alpha=0.8)
+    if twin is None:
+        return False
+    twin.set_yscale("log")
+    twin.set_ylabel("train loss (log, dashed)")
+    twin.grid(False)
+    return True
 
 
 def _is_number(value: Any) -> bool:
@@ -432,13 +506,13 @@ class Explorer:
 
     def __init__(self, runs_or_dir: Any = "runs", *, many: int = profiles.MANY_THRESHOLD,
                  few: int = profiles.FEW_THRESHOLD, select: Sequence[str] | None = None,
-                 sort: str = "as listed", dpi: int = 80) -> None:
+                 sort: str = "as listed", dpi: int = 80, baselines: Mapping[str, str] | None = None) -> None:
         if sort not in SORT_CHOICES:
             raise ValueError(f"sort={sort!r}; choose one of: {', '.join(SORT_CHOICES)}.")
         for name, value in (("many", many), ("few", few)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}: thresholds are positive integers (class sizes), e.g. 100 and 20.")
-        self.source, self.dpi = runs_or_dir, dpi
+        self.source, self.dpi, self.baselines = runs_or_dir, dpi, dict(baselines or {})
         self.runs: list[Run] = []
         self.groups: dict[str, list[Run]] = {}
         self.load_notes: list[str] = []
@@ -467,7 +541,7 @@ class Explorer:
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         controls = widgets.VBox([self.many, self.few, self.sort, self.confusion_run, self.history_metric,
                                  self.refresh_button])
-        self.widget = widgets.VBox([widgets.HBox([self.select, controls]), self.message, self.table, self.image])
+        self.widget = _PicturedBox([widgets.HBox([self.select, controls]), self.message, self.table, self.image])
         self.widget.add_class("ltkit-explorer")
         self.widget.explorer = self  # reach the state from what explore() returns
         for control in (self.select, self.many, self.few, self.sort, self.confusion_run, self.history_metric):
@@ -608,26 +682,68 @@ class Explorer:
         caption = (f"test accuracy (%), mean ± std over seeds; groups by training size: many n &gt; {many} "
                    f"({sizes['many']} classes), medium ({sizes['medium']}), few n &lt; {few} ({sizes['few']})")
         frame = summary_frame(summary, order)
+        if self.baselines:
+            caption += ("; Δ = the paired difference to the baseline over the seeds both have (mean ± std, points) "
+                        "and a paired t-test's p-value")
+            for column, values in paired_columns(self.groups, order, self.baselines, many, few).items():
+                frame[column] = values
         return (f"<div class='ltkit-explorer-table'>{_TABLE_STYLE}<p>{caption}</p>"
                 f"{frame.to_html(classes='ltkit-table', border=0)}</div>")
 
     def _figure_png(self, kept: Mapping[str, list[Run]], summary: Mapping, many: int, few: int) -> bytes:
         colors = _method_colors(list(kept))
         chosen = next((r for rs in kept.values() for r in rs if r.name == self.confusion_run.value), None)
-        fig = Figure(figsize=(13, 9), dpi=self.dpi)
-        axes = fig.subplots(2, 2)
-        draw_per_class(axes[0, 0], kept, colors, many, few)
-        draw_group_bars(axes[0, 1], kept, summary, colors, many, few)
-        draw_confusion(axes[1, 0], chosen)
-        draw_history(axes[1, 1], kept, colors, self.history_metric.value)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
+        with matplotlib.rc_context({**plots.STYLE_RC, "figure.constrained_layout.use": False}):
+            fig = Figure(figsize=(13, 10), dpi=self.dpi)
+            axes = fig.subplots(2, 2)
+            draw_per_class(axes[0, 0], kept, colors, many, few)
+            draw_group_bars(axes[0, 1], kept, summary, colors, many, few)
+            draw_confusion(axes[1, 0], chosen)
+            draw_history(axes[1, 1], kept, colors, self.history_metric.value)
+            fig.tight_layout(h_pad=2.0)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png")
         return buffer.getvalue()
 
 
+class _PicturedBox(widgets.VBox):
+    """A VBox whose notebook output also holds a PNG of its current figure: JupyterLab shows the live widget,
+    a notebook that is not running (or read on a code host) shows the picture instead of ``VBox(...)``."""
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        return with_picture(bundle, self.explorer.image.value)
+
+
+def with_picture(bundle: dict | None, png: bytes) -> dict:
+    """A widget's display bundle with ``image/png`` added (the static view of what it shows by default)."""
+    import base64
+
+    bundle = dict(bundle or {})
+    if png:
+        bundle["image/png"] = base64.b64encode(png).decode("ascii")
+    return bundle
+
+
+def pictured(widget: widgets.Widget, figure: Any) -> Any:
+    """``widget`` displayed with a static PNG of ``figure`` (a matplotlib figure) in the same output.
+
+    Use it for any interactive cell (``pictured(widgets.interactive(...), fig)``): a notebook opened but not
+    yet run shows the picture; a running one shows the controls.
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+
+    class _Pictured:
+        def _repr_mimebundle_(self, **kwargs):
+            return with_picture(widget._repr_mimebundle_(**kwargs), buffer.getvalue())
+
+    return _Pictured()
+
+
 _TABLE_STYLE = ("<style>.ltkit-table th, .ltkit-table td {padding: 2px 12px; text-align: right;} "
-                ".ltkit-table tbody tr:nth-child(odd) {background: rgba(127, 127, 127, 0.08);}</style>")
+                ".ltkit-table tbody tr:nth-child(odd) {background: rgba(127, 127, 127, 0.08);} "
+                ".ltkit-table td {white-space: nowrap;}</style>")
 
 
 def _data_key(rs: Run | Sequence[Run]) -> tuple | None:
@@ -645,7 +761,8 @@ def _describe(key: tuple | None) -> str:
 
 
 def explore(runs_or_dir: Any = "runs", *, many: int = profiles.MANY_THRESHOLD, few: int = profiles.FEW_THRESHOLD,
-            select: Sequence[str] | None = None, sort: str = "as listed", dpi: int = 80) -> widgets.Widget:
+            select: Sequence[str] | None = None, sort: str = "as listed", dpi: int = 80,
+            baselines: Mapping[str, str] | None = None) -> widgets.Widget:
     """The results explorer over a runs folder or records; display the returned widget in a notebook.
 
     ``runs_or_dir``: a folder of run directories (default ``"runs"``), one
@@ -653,7 +770,9 @@ def explore(runs_or_dir: Any = "runs", *, many: int = profiles.MANY_THRESHOLD, f
     result).  ``many`` / ``few``: initial group thresholds; ``select``: the
     methods selected at first (default: every method on the first data set);
     ``sort``: one of :data:`SORT_CHOICES`; ``dpi``: resolution of the charts
-    (the figure is 13 x 9 inches).  The :class:`Explorer` behind the widget is
-    ``widget.explorer``.
+    (the figure is 13 x 10 inches); ``baselines`` (``{label: baseline label}``) adds
+    each method's paired difference to its baseline.  The :class:`Explorer` behind
+    the widget is ``widget.explorer``; the widget's output also holds a PNG of its
+    default view (shown where widgets are not live).
     """
-    return Explorer(runs_or_dir, many=many, few=few, select=select, sort=sort, dpi=dpi).widget
+    return Explorer(runs_or_dir, many=many, few=few, select=select, sort=sort, dpi=dpi, baselines=baselines).widget

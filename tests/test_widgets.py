@@ -45,7 +45,7 @@ def _per_class(root: Path, name: str) -> np.ndarray:
 def test_seeds_are_grouped_by_label_and_all_methods_selected(runs_dir):
     explorer = _explorer(runs_dir)
     assert sorted(explorer.groups) == ["BS", "CE"]
-    assert [r.name for r in explorer.groups["CE"]] == ["CE-s0", "CE-s1"]
+    assert [r.name for r in explorer.groups["CE"]] == ["ce-s0", "ce-s1"]
     assert set(explorer.select.value) == {"BS", "CE"}
     assert dict(explorer.select.options)["CE · 2 seeds"] == "CE"
     assert explorer.message.value == ""  # nothing wrong
@@ -56,7 +56,7 @@ def test_default_thresholds_reproduce_the_stored_result(runs_dir):
     """At 100 / 20 the recomputed groups equal what the engine stored."""
     explorer = _explorer(runs_dir)
     assert explorer.class_groups() == GROUPS_100_20
-    for name in ("CE-s0", "BS-s1"):
+    for name in ("ce-s0", "bs-s1"):
         stored = runs.load_run(runs_dir / name)["result"]
         regrouped = widgets.regroup(stored, 100, 20)
         for key in ("overall", "many", "medium", "few", "worst"):
@@ -73,7 +73,7 @@ def test_sliders_recompute_groups_table_and_chart(runs_dir, many, few, expected)
     groups = np.array(expected)
     summary = explorer.summary()
     for label in ("CE", "BS"):
-        seeds = [_per_class(runs_dir, f"{label}-s{s}") for s in (0, 1)]
+        seeds = [_per_class(runs_dir, f"{label.lower()}-s{s}") for s in (0, 1)]
         for group in ("many", "medium", "few"):
             values = [acc[groups == group].mean() for acc in seeds]
             mean, std, n = summary[label][group]
@@ -98,16 +98,16 @@ def test_sort_orders_the_table(runs_dir):
 
 
 def test_records_from_run_grid_keep_their_labels(runs_dir):
-    records = {"plain CE": [runs.load_run(runs_dir / f"CE-s{s}") for s in (0, 1)]}
+    records = {"plain CE": [runs.load_run(runs_dir / f"ce-s{s}") for s in (0, 1)]}
     widget = widgets.explore(records, dpi=30)
     explorer = widget.explorer
     assert list(explorer.groups) == ["plain CE"] and explorer.select.value == ("plain CE",)
-    assert explorer.confusion_run.options == (("CE-s0", "CE-s0"), ("CE-s1", "CE-s1"))
+    assert explorer.confusion_run.options == (("ce-s0", "ce-s0"), ("ce-s1", "ce-s1"))
     assert widget.children[-1] is explorer.image and len(explorer.image.value) > 1000
 
 
 def test_same_label_with_another_config_is_a_separate_method(runs_dir):
-    a, b = (runs.load_run(runs_dir / n) for n in ("CE-s0", "CE-s1"))
+    a, b = (runs.load_run(runs_dir / n) for n in ("ce-s0", "ce-s1"))
     b["config"] = {**b["config"], "lr": 0.01}
     explorer = _explorer([a, b])
     assert list(explorer.groups) == ["CE", "CE [2]"]
@@ -116,15 +116,16 @@ def test_same_label_with_another_config_is_a_separate_method(runs_dir):
 
 # --------------------------------------------------------------------------- runs being written, DDP runs
 def test_a_run_still_being_written_shows_its_history_then_refresh_finishes_it(folder):
-    result = (folder / "BS-s1" / "result.json").read_text()
-    (folder / "BS-s1" / "result.json").unlink()
-    history = (folder / "BS-s1" / "history.jsonl").read_text().splitlines()
-    (folder / "BS-s1" / "history.jsonl").write_text(history[0] + "\n" + history[1][: len(history[1]) // 2])
+    result = (folder / "bs-s1" / "result.json").read_text()
+    (folder / "bs-s1" / "result.json").unlink()
+    history = (folder / "bs-s1" / "history.jsonl").read_text().splitlines()
+    (folder / "bs-s1" / "history.jsonl").write_text(history[0] + "\n" + history[1][: len(history[1]) // 2])
     explorer = _explorer(folder)
     assert dict(explorer.select.options)["BS · 1 seed + 1 running (epoch 1/2)"] == "BS"
     assert explorer.summary()["BS"]["overall"][2] == 1  # the finished seed only
-    assert [r.name for r in explorer.groups["BS"] if r.history] == ["BS-s0", "BS-s1"]
-    (folder / "BS-s1" / "result.json").write_text(result)  # the run finishes ...
+    assert [r.name for r in explorer.groups["BS"] if r.history] == ["bs-s0", "bs-s1"]
+    (folder / "bs-s1" / "history.jsonl").write_text("\n".join(history) + "\n")  # the run finishes ...
+    (folder / "bs-s1" / "result.json").write_text(result)
     explorer.refresh_button.click()  # ... and the learner presses refresh
     assert explorer.summary()["BS"]["overall"][2] == 2
     assert "BS · 2 seeds" in dict(explorer.select.options)
@@ -132,7 +133,7 @@ def test_a_run_still_being_written_shows_its_history_then_refresh_finishes_it(fo
 
 def test_a_method_with_no_finished_run_is_a_note_not_an_error(folder):
     for seed in (0, 1):
-        (folder / f"BS-s{seed}" / "result.json").unlink()
+        (folder / f"bs-s{seed}" / "result.json").unlink()
     explorer = _explorer(folder)
     assert "<b>BS</b> is still running" in explorer.message.value
     assert list(explorer.summary()) == ["CE"]
@@ -140,7 +141,7 @@ def test_a_method_with_no_finished_run_is_a_note_not_an_error(folder):
 
 def test_runs_of_a_multi_process_job_load_and_say_so(folder):
     """A DDP job writes the same record (rank 0, confusion all-reduced); the list names the process count."""
-    for name in ("CE-s0", "CE-s1"):
+    for name in ("ce-s0", "ce-s1"):
         for file, key in (("result.json", None), ("config.json", "env")):
             path = folder / name / file
             record = json.loads(path.read_text())
@@ -161,24 +162,24 @@ def test_empty_or_missing_folder_is_a_message(tmp_path):
 
 @pytest.mark.parametrize("file", ["result.json", "config.json"])
 def test_truncated_record_names_the_run_and_the_others_still_load(folder, file):
-    path = folder / "CE-s1" / file
+    path = folder / "ce-s1" / file
     path.write_text(path.read_text()[:40])
     explorer = _explorer(folder)
-    assert "<b>CE-s1</b> could not be read" in explorer.message.value and "truncated" in explorer.message.value
-    assert [r.name for r in explorer.runs] == ["BS-s0", "BS-s1", "CE-s0"]
+    assert "<b>ce-s1</b> could not be read" in explorer.message.value and "truncated" in explorer.message.value
+    assert [r.name for r in explorer.runs] == ["bs-s0", "bs-s1", "ce-s0"]
     assert explorer.summary()["CE"]["overall"][2] == 1
 
 
 def test_result_without_per_class_accuracy_is_left_out_with_a_message(runs_dir):
-    record = runs.load_run(runs_dir / "CE-s0")
+    record = runs.load_run(runs_dir / "ce-s0")
     del record["result"]["per_class"]
-    explorer = _explorer([record, runs.load_run(runs_dir / "BS-s0")])
-    assert "<b>CE-s0</b> left out" in explorer.message.value and list(explorer.groups) == ["BS"]
+    explorer = _explorer([record, runs.load_run(runs_dir / "bs-s0")])
+    assert "<b>ce-s0</b> left out" in explorer.message.value and list(explorer.groups) == ["BS"]
 
 
 def test_runs_of_another_data_set_are_left_out_with_a_message(runs_dir):
-    digits = runs.load_run(runs_dir / "CE-s0")
-    other = runs.load_run(runs_dir / "BS-s0")
+    digits = runs.load_run(runs_dir / "ce-s0")
+    other = runs.load_run(runs_dir / "bs-s0")
     other["config"] = {**other["config"], "dataset": "cifar10-lt"}
     other["result"] = {**other["result"], "class_counts": [5000 // 2**k for k in range(10)]}
     explorer = _explorer([digits, other])
@@ -243,3 +244,44 @@ def test_leaderboard_subset_and_unknown_labels(tmp_path):
         demo.train_leaderboard("context-digits-lt", (0,), only=["BS + feedback fill (loss)"], runs_dir=tmp_path)
     records = demo.train_leaderboard("digits-lt", (0,), only=["BS"], runs_dir=tmp_path, epochs=1, progress=False)
     assert list(records) == ["BS"]
+
+
+# --------------------------------------------------------------------------- method identity, history, pictures
+def test_fields_that_vary_with_the_seed_never_split_a_method(runs_dir):
+    """Syn-LT's g is the CE run of the same seed: per-seed references, data_seed and names are not the method."""
+    a, b = (runs.load_run(runs_dir / n) for n in ("ce-s0", "ce-s1"))
+    for record, seed in ((a, 0), (b, 1)):
+        record["config"] = {**record["config"], "method_params": {"g_run": f"runs/leaderboard/ce-s{seed}"},
+                            "data_seed": seed, "label": "Syn-LT"}
+    explorer = _explorer({"Syn-LT": [a, b]})
+    assert list(explorer.groups) == ["Syn-LT"] and len(explorer.groups["Syn-LT"]) == 2
+    assert explorer.message.value == ""
+    b["config"] = {**b["config"], "method_params": {"g_run": "runs/leaderboard/ce-s1", "eta": 0.5}}
+    split = _explorer({"Syn-LT": [a, b]})
+    assert list(split.groups) == ["Syn-LT", "Syn-LT [2]"] and "differ in method_params" in split.message.value
+
+
+def test_sparse_evaluation_draws_markers_and_the_training_loss(runs_dir, tmp_path):
+    from matplotlib.figure import Figure
+
+    record = runs.load_run(runs_dir / "ce-s0")
+    record["history"] = [{"epoch": e, "train_loss": 2.0 / (e + 1), **({"overall": 0.5 + e / 40} if e % 10 == 9 else {})}
+                         for e in range(20)]
+    run = widgets.Run(record, "CE")
+    ax = Figure().subplots()
+    widgets.draw_history(ax, {"CE": [run]}, {"CE": "C0"}, "overall")
+    (line,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert list(line.get_xdata()) == [10, 20]  # the two evaluated epochs, with markers
+    twin = [other for other in ax.figure.axes if other is not ax]
+    assert twin and len(twin[0].get_lines()[0].get_xdata()) == 20  # the training loss of every epoch
+    empty = Figure().subplots()
+    widgets.draw_history(empty, {"CE": [widgets.Run({**record, "history": []}, "CE")]}, {"CE": "C0"}, "overall")
+    assert "no run has a history yet" in empty.texts[0].get_text()
+
+
+def test_the_explorer_shows_paired_differences_and_leaves_a_picture(runs_dir):
+    widget = widgets.explore(runs_dir, dpi=30, baselines={"BS": "CE"})
+    table = widget.explorer.table.value
+    assert "Δ overall" in table and "Δ few" in table and "paired difference" in table
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"].startswith("iVBOR")
