@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import warnings
 from dataclasses import dataclass, field
