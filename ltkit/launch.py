@@ -18,6 +18,7 @@ import multiprocessing
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -69,7 +70,8 @@ Overrides = dict | Callable[[int], dict]
 
 
 def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
-             nproc: int = 1, workers: int = 1, progress: bool = True, **common: Any) -> dict[str, list[dict]]:
+             nproc: int = 1, workers: int = 1, progress: bool = True, background: bool = False,
+             **common: Any) -> "dict[str, list[dict]] | GridJob":
     """Train every named configuration (``{label: overrides}``) for every seed.
 
     Runs are named ``<safe label>-s<seed>`` (``"BS + CMO"`` -> ``bs-cmo-s0``; the label itself is
@@ -81,17 +83,23 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     models on a CPU with several cores: give each run one thread); the records
     are the same as with ``workers=1``.  One progress bar counts the runs (pass
     ``progress=False`` to hide it).
-    """
-    from tqdm.auto import tqdm
 
+    ``background=True`` returns at once with a :class:`GridJob`: the grid trains in
+    a background thread (and its worker processes) while the notebook stays
+    responsive; displaying the job shows a live view of the curves by group, and
+    ``job.wait()`` returns the same records as a foreground call.
+    """
+    jobs = _grid_jobs(methods, seeds, base, common)  # every config is checked before the first run starts
+    if background:
+        return GridJob(lambda: run_grid(methods, seeds, base=base, nproc=nproc, workers=workers, progress=False,
+                                        **common), {label: [_run_dir(c) for lb, _, c in jobs if lb == label]
+                                                    for label in methods})
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1.")
     if workers > 1 and nproc > 1:
         raise ValueError("workers > 1 runs single-process runs side by side; with nproc > 1 use workers=1.")
-    jobs = [(label, seed, _config(base, {"if_exists": "resume", "progress": False, **common,
-                                         **_overrides(methods[label], seed), "seed": seed, "name": f"{runs.safe_name(label)}-s{seed}",
-                                         "label": label}))
-            for label in methods for seed in seeds]  # every config is checked before the first run starts
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
     done: dict[tuple[str, int], dict] = {}
     parallel = workers > 1 and sum(not _finished(config) for _, _, config in jobs) > 1
@@ -115,6 +123,65 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
                 raise
     bar.close()
     return {label: [done[label, seed] for seed in seeds] for label in methods}
+
+
+def _grid_jobs(methods: dict[str, Overrides], seeds: Sequence[int], base: str,
+               common: dict) -> list[tuple[str, int, train.TrainConfig]]:
+    return [(label, seed, _config(base, {"if_exists": "resume", "progress": False, **common,
+                                         **_overrides(methods[label], seed), "seed": seed,
+                                         "name": f"{runs.safe_name(label)}-s{seed}", "label": label}))
+            for label in methods for seed in seeds]
+
+
+def _run_dir(config: train.TrainConfig) -> Path:
+    return Path(config.out_dir) / config.run_name()
+
+
+class GridJob:
+    """A grid of runs training in the background; display it for a live view, ``wait()`` for the records."""
+
+    def __init__(self, target: Callable[[], dict], run_dirs: dict[str, list[Path]], interval: float = 1.0) -> None:
+        self.run_dirs, self.interval = run_dirs, interval
+        self._records: dict | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._view = None
+        self._thread = threading.Thread(target=self._work, args=(target,), daemon=True, name="ltkit-grid")
+        self._thread.start()
+
+    def _work(self, target: Callable[[], dict]) -> None:
+        try:
+            self._records = target()
+        except BaseException as err:  # noqa: BLE001  (handed to wait())
+            self._error = err
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> dict[str, list[dict]]:
+        """Block until every run has finished; the records (the same as a foreground ``run_grid``)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"the grid is still training after {timeout} s; call wait() again to keep waiting.")
+        if self._view is not None:
+            self._view.update()
+        if self._error is not None:
+            raise self._error
+        return self._records
+
+    @property
+    def view(self):
+        """The live view (:class:`ltkit.widgets.LiveView`): per-group accuracy and loss per method, as epochs finish."""
+        if self._view is None:
+            from .widgets import LiveView
+
+            self._view = LiveView(self.run_dirs, is_done=lambda: self.done, interval=self.interval)
+        return self._view
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.view._repr_mimebundle_(**kwargs)
 
 
 def _finished(config: train.TrainConfig) -> bool:

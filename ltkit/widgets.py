@@ -776,3 +776,102 @@ def explore(runs_or_dir: Any = "runs", *, many: int = profiles.MANY_THRESHOLD, f
     default view (shown where widgets are not live).
     """
     return Explorer(runs_or_dir, many=many, few=few, select=select, sort=sort, dpi=dpi, baselines=baselines).widget
+
+
+# =========================================================================== live view of training
+LIVE_KEYS = ("many", "medium", "few", "train_loss")
+
+
+class LiveView:
+    """Curves of a grid that is training: accuracy of the many / medium / few classes and the training loss per
+    method, against epochs; each seed a thin line, their mean bold.  Redrawn every ``interval`` seconds from
+    the runs' ``history.jsonl`` by a background thread, so the notebook's other widgets stay responsive."""
+
+    def __init__(self, run_dirs: Mapping[str, Sequence[Path]], *, is_done: Any = None, interval: float = 1.0,
+                 dpi: int = 80) -> None:
+        self.run_dirs = {label: [Path(d) for d in dirs] for label, dirs in run_dirs.items()}
+        self.is_done = is_done or (lambda: True)
+        self.dpi, self.interval = dpi, interval
+        self.updates = 0
+        self.status = widgets.HTML()
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.widget = widgets.VBox([self.status, self.image])
+        self.widget.add_class("ltkit-live")
+        self.update()
+        if not self.is_done():
+            import threading
+
+            threading.Thread(target=self._follow, daemon=True, name="ltkit-live").start()
+
+    def _follow(self) -> None:
+        import time
+
+        while not self.is_done():
+            time.sleep(self.interval)
+            self.update()
+        self.update()
+
+    def histories(self) -> dict[str, list[list[dict]]]:
+        """``{label: [history of each seed]}`` as written so far (a half-written last line is skipped)."""
+        out = {}
+        for label, dirs in self.run_dirs.items():
+            out[label] = []
+            for run_dir in dirs:
+                try:
+                    out[label].append(runs.read_history(run_dir, strict=False))
+                except (OSError, ValueError):
+                    out[label].append([])
+        return out
+
+    def update(self) -> None:
+        histories = self.histories()
+        epochs = [max((row.get("epoch", -1) for row in h), default=-1) + 1 for hs in histories.values() for h in hs]
+        finished = sum((Path(d) / "result.json").is_file() for dirs in self.run_dirs.values() for d in dirs)
+        total = sum(len(dirs) for dirs in self.run_dirs.values())
+        state = "finished" if self.is_done() else "training"
+        self.status.value = (f"<b>{state}</b>: {finished} of {total} runs done; epochs so far per run: "
+                             f"{min(epochs, default=0)}-{max(epochs, default=0)}")
+        self.image.value = self._figure_png(histories)
+        self.updates += 1
+
+    def _figure_png(self, histories: Mapping[str, list[list[dict]]]) -> bytes:
+        colors = _method_colors(list(histories))
+        with matplotlib.rc_context({**plots.STYLE_RC, "figure.constrained_layout.use": False}):
+            fig = Figure(figsize=(13, 7.5), dpi=self.dpi)
+            axes = fig.subplots(2, 3).flat
+            for ax, key in zip(axes, LIVE_KEYS):
+                for label, seeds in histories.items():
+                    _draw_live_curves(ax, seeds, key, colors[label], label)
+                ax.set_title(f"{key} accuracy (%)" if key != "train_loss" else "training loss")
+                ax.set_xlabel("epoch")
+                if key == "train_loss":
+                    ax.set_yscale("log")
+            legend_ax = list(fig.axes)[4]
+            handles, labels = fig.axes[0].get_legend_handles_labels()
+            legend_ax.legend(handles, labels, loc="center left", frameon=False, title="method (bold: mean over seeds)")
+            legend_ax.set_axis_off()
+            fig.axes[5].set_axis_off()
+            fig.tight_layout()
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png")
+        return buffer.getvalue()
+
+    def _repr_mimebundle_(self, **kwargs):
+        return with_picture(self.widget._repr_mimebundle_(**kwargs), self.image.value)
+
+
+def _draw_live_curves(ax, seeds: Sequence[list[dict]], key: str, color: str, label: str) -> None:
+    scale = 1 if key == "train_loss" else 100
+    series = []
+    for history in seeds:
+        points = [(row["epoch"] + 1, row[key] * scale) for row in history if _is_number(row.get(key))]
+        if points:
+            x, y = zip(*points)
+            ax.plot(x, y, color=color, linewidth=0.7, alpha=0.45)
+            series.append(dict(points))
+    if not series:
+        return
+    common = sorted(set.intersection(*(set(s) for s in series)))
+    if common:
+        ax.plot(common, [np.mean([s[e] for s in series]) for e in common], color=color, linewidth=2.4, label=label,
+                marker="o" if len(common) < 15 else None, markersize=4)

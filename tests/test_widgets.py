@@ -285,3 +285,30 @@ def test_the_explorer_shows_paired_differences_and_leaves_a_picture(runs_dir):
     assert "Δ overall" in table and "Δ few" in table and "paired difference" in table
     bundle = widget._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"].startswith("iVBOR")
+
+
+def test_a_background_grid_updates_its_live_view_and_wait_returns_the_foreground_records(tmp_path):
+    """The cell returns at once; the view redraws as epochs finish; wait() gives what a foreground grid gives."""
+    methods = {"CE": {}, "BS": dict(loss="bs")}
+    grid = dict(base="digits-lt", model="mlp", epochs=6, eval_every=2, threads=1, progress=False)
+    job = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "bg"), workers=2, background=True, **grid)
+    assert not job.done  # returned while training
+    view = job.view
+    bundle = job._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "image/png" in bundle
+    records = job.wait(timeout=300)
+    assert job.done and view.updates >= 2 and "finished" in view.status.value
+    histories = view.histories()
+    assert [len(h) for h in histories["CE"]] == [6, 6] and "few" in histories["BS"][0][-1]
+    foreground = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "fg"), **grid)
+    for label in methods:
+        for a, b in zip(records[label], foreground[label]):
+            assert a["result"]["confusion"] == b["result"]["confusion"]
+            assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_a_failing_background_grid_raises_its_error_in_wait(tmp_path):
+    job = launch.run_grid({"never on": dict(method="cmo", epochs=2)}, (0,), out_dir=str(tmp_path), background=True,
+                          progress=False, model="mlp")
+    with pytest.raises(ValueError, match="would never be on"):
+        job.wait(timeout=120)
