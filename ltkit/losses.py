@@ -181,6 +181,7 @@ def ldam_margins(class_counts: Counts, max_margin: float = 0.5) -> Tensor:
     The rarest class gets the largest margin, ``max_margin``.
     """
     counts = _as_counts(class_counts, positive=True, loss_name="ldam")
+    max_margin = checks.real("max_margin", max_margin, low=0, hint="LDAM uses 0.5")
     m = counts ** -0.25
     return (max_margin * m / m.max()).to(torch.get_default_dtype())
 

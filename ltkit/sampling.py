@@ -138,6 +138,11 @@ SAMPLER_KINDS: tuple[str, ...] = (
     "progressive",
 )
 
+#: The parameters each sampler kind takes (``sampler_params`` of a config).
+SAMPLER_PARAMS: dict[str, tuple[str, ...]] = {"instance": (), "q-class": ("r",), "q-sample": ("r",),
+                                              "class-balanced": (), "sqrt": (), "effective-number": ("beta",),
+                                              "progressive": ()}
+
 ArrayLike = Union[Tensor, np.ndarray, Sequence[float], Sequence[int]]
 
 # torch.multinomial accepts at most 2**24 categories.
@@ -425,14 +430,13 @@ def make_sampler(
     class_counts: ArrayLike | None,
     kind: str,
     *,
-    r: float = 1.0,
-    beta: float = 0.999,
     epoch: int = 0,
     total_epochs: int = 1,
     seed: int = 0,
     num_samples: int | None = None,
+    **params: float,
 ) -> Sampler[int]:
-    """Build a seeded sampler over ``range(len(labels))``.
+    """Build a seeded sampler over ``range(len(labels))``; ``params`` are the kind's own (:data:`SAMPLER_PARAMS`).
 
     Kinds (class-level probability ``p_k`` in brackets):
 
@@ -459,6 +463,11 @@ def make_sampler(
         a :class:`torch.utils.data.Sampler` of dataset indices.
     """
     checks.choice("sampler kind", kind, SAMPLER_KINDS)
+    unknown = sorted(set(params) - set(SAMPLER_PARAMS[kind]))
+    if unknown:
+        raise InputError(f"sampler {kind!r} takes no parameter(s) {unknown}; it accepts: "
+                         f"{', '.join(SAMPLER_PARAMS[kind]) or 'none'} (and epoch, total_epochs, seed, num_samples).")
+    r, beta = params.get("r", 1.0), params.get("beta", 0.999)
     if class_counts is None:
         lab = _as_labels(labels)
         counts = _counts_tensor(torch.bincount(lab))

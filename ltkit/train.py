@@ -217,6 +217,9 @@ def validate(config: TrainConfig) -> None:
         checks.integer(name, getattr(config, name), low=1)
     for name in _AT_LEAST_ZERO:
         checks.integer(name, getattr(config, name), low=0)
+    checks.integer("seed", config.seed, low=0, high=2**63 - 1, hint="any integer in [0, 2**63)")
+    if config.threads is not None:
+        checks.integer("threads", config.threads, low=1, hint="None: torch's default")
     for name in _OPTIONAL_AT_LEAST_ONE:
         if getattr(config, name) is not None:
             checks.integer(name, getattr(config, name), low=1, hint="None: no limit")
@@ -238,8 +241,21 @@ def validate(config: TrainConfig) -> None:
                                 "many-shot one (the papers use many=100, few=20).")
     _check_keys("loss_params", config.loss_params, losses.loss_params(config.loss), f"loss {config.loss!r}")
     _check_keys("model_params", config.model_params, models.model_params(config.model), f"model {config.model!r}")
-    _check_keys("sampler_params", config.sampler_params, ("r", "beta"), f"sampler {config.sampler!r}")
+    _check_keys("sampler_params", config.sampler_params, sampling.SAMPLER_PARAMS[config.sampler],
+                f"sampler {config.sampler!r}")
+    sampling.make_sampler([0, 1], [1, 1], config.sampler, total_epochs=config.epochs, **config.sampler_params)
+    _check_in_channels(config)
     checks.build_params(method_class(config.method).Params, config.method_params, f"method {config.method!r}")
+
+
+def _check_in_channels(config: TrainConfig) -> None:
+    """A model_params in_channels that the bundled data cannot feed (known before any data is loaded)."""
+    channels = {"digits-lt": 1, "context-digits-lt": 3, "cifar10-lt": 3, "cifar100-lt": 3}.get(config.dataset)
+    asked = config.model_params.get("in_channels")
+    if channels is not None and asked is not None and asked != channels:
+        raise checks.InputError(f"model_params in_channels={asked} but {config.dataset} images have {channels} "
+                                "channel(s): leave in_channels out (the engine fills it in) or set it to "
+                                f"{channels}.")
 
 
 def _check_keys(field_name: str, params: dict, accepted: Any, owner: str) -> None:
@@ -718,7 +734,7 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 def resolve_device(config: TrainConfig, local_rank: int) -> torch.device:
     if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
+            raise checks.InputError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -1066,7 +1082,9 @@ def _restore(path: Path, ctx: Context, method: Method) -> int:
         ctx.loss_fn.load_state_dict(state["loss"])
         method.load_state_dict(state["method"])
     except (KeyError, RuntimeError, ValueError) as err:
-        raise RuntimeError(f"the checkpoint {path} does not fit this run ({err}). Use if_exists='overwrite' to restart.") from err
+        detail = " ".join(str(err).split())
+        raise runs.CheckpointError(f"the checkpoint {path} does not fit this run ({detail}). Use "
+                                   "if_exists='overwrite' to restart.") from err
     return int(state["epoch"]) + 1
 
 
@@ -1109,7 +1127,9 @@ def load_trained(run_dir: str | os.PathLike, data: Any = None) -> Trained:
         loss_fn.load_state_dict(state["loss"])
         method.load_state_dict(state["method"])
     except (KeyError, RuntimeError, ValueError) as err:
-        raise ValueError(f"the checkpoint in {run_dir} does not fit the run its config.json describes ({err}).") from err
+        detail = " ".join(str(err).split())
+        raise runs.CheckpointError(f"the checkpoint in {run_dir} does not fit the run its config.json describes "
+                                   f"({detail}).") from err
     ctx.base_model.eval()
     ctx.model = ctx.base_model
     return Trained(record, config, data, ctx.model, loss_fn, method, int(state["epoch"]), ctx)

@@ -241,7 +241,7 @@ CONFIG_CASES = [
     case("C-model-params-unknown-key", dict(model_params={"widht": 3}), ["model_params", "widht", "accepted", "hidden"],
          VALUE, True),
     case("C-sampler-params-unknown-key", dict(sampler="q-sample", sampler_params={"q": 1}), ["sampler_params", "'q'",
-                                                                                           "accepted: beta, r"], VALUE, True),
+                                                                                           "accepted: r"], VALUE, True),
     case("C-method-params-unknown-key", dict(method="cmo", epochs=3, method_params={"bogus": 2}),
          ["method 'cmo'", "bogus", "valid: alpha"], VALUE, True),
     case("C-method-params-for-no-method", dict(method_params={"prob": 0.5}), ["'none'", "prob", "valid: none"], VALUE, True),
@@ -304,16 +304,16 @@ CONFIG_CASES = [
     case("C-data-seed-too-large", dict(data_seed=2**32), ["seed=4294967296", "data_seed"], VALUE, False),
     case("C-out-dir-is-a-file", lambda tmp: (tmp / "f").write_text("x") and dict(out_dir=str(tmp / "f")),
          ["is a file", "another out_dir"], VALUE, False),
-    case("X-device-cuda-without-gpu", dict(device="cuda"), ["device='cuda'", "use device='auto'"], VALUE, False,
-         xfail=FIX_CUDA, skip="a GPU is visible: device='cuda' is valid here" if torch.cuda.is_available() else None),
-    case("X-model-params-in-channels-mismatch", dict(model_params={"in_channels": 3}), ["in_channels", "channels"],
-         VALUE, False, xfail=FIX_IN_CHANNELS),
-    case("X-threads-zero", dict(threads=0), ["threads=0", ">= 1"], VALUE, True, xfail=FIX_THREADS),
-    case("X-seed-too-large", dict(seed=2**70), ["seed", "2**63"], VALUE, True, xfail=FIX_SEED),
-    case("X-sampler-r-nan-checked-late", dict(sampler="q-sample", sampler_params={"r": NAN}), ["r=nan", "finite"],
-         VALUE, True, xfail=FIX_SAMPLER_VALUES),
-    case("X-sampler-param-silently-ignored", dict(sampler="class-balanced", sampler_params={"r": 0.5}),
-         ["sampler_params", "'r'"], VALUE, True, xfail=FIX_SAMPLER_KEYS),
+    case("C-device-cuda-without-gpu", dict(device="cuda"), ["device='cuda'", "use device='auto'"], VALUE, False,
+         skip="a GPU is visible: device='cuda' is valid here" if torch.cuda.is_available() else None),
+    case("C-model-params-in-channels-mismatch", dict(model_params={"in_channels": 3}), ["in_channels", "channels"],
+         VALUE, False),
+    case("C-threads-zero", dict(threads=0), ["threads=0", ">= 1"], VALUE, True),
+    case("C-seed-too-large", dict(seed=2**70), ["seed", "2**63"], VALUE, True),
+    case("C-sampler-r-nan-checked-late", dict(sampler="q-sample", sampler_params={"r": NAN}), ["r=nan", "finite"],
+         VALUE, True),
+    case("C-sampler-param-silently-ignored", dict(sampler="class-balanced", sampler_params={"r": 0.5}),
+         ["sampler_params", "'r'"], VALUE, True),
 ]
 
 
@@ -483,7 +483,7 @@ CLI_CASES = [
     Cli("H-retry-by-the-suggested-command", ["--lr", "50"], setup=None,
         then=[["--lr", "0.05"], ["--lr", "0.05", "--resume"]], check=_check_retry),
     Cli("H-debug-shows-the-traceback", ["--lr", "nan", "--debug"], check=_check_debug),
-    Cli("X-threads-zero", ["--threads", "0"], ["threads=0", ">= 1"], xfail=FIX_THREADS),
+    Cli("C-threads-zero", ["--threads", "0"], ["threads=0", ">= 1"]),
 ]
 
 
@@ -629,8 +629,8 @@ PUBLIC_CASES = [
                                                                                                     "0-based"], VALUE),
     case("C-effective-number-beta", lambda: sampling.effective_number([10, 3], 1.5), ["beta=1.5", "[0, 1)"], VALUE),
     case("C-progressive-epoch", lambda: sampling.progressive_probabilities([10, 3], 5, 3), ["epoch=5", "[0, 3]"], VALUE),
-    case("X-sampler-unknown-keyword", lambda: sampling.make_sampler([0, 1], [1, 1], "q-class", q=1), ["'q'", "valid"],
-         VALUE, xfail=FIX_SAMPLER_KWARGS),
+    case("C-sampler-unknown-keyword", lambda: sampling.make_sampler([0, 1], [1, 1], "q-class", q=1), ["'q'", "accepts: r"],
+         VALUE),
     # losses
     case("C-loss-unknown", lambda: losses.make_loss("xent", [10, 3]), ["unknown loss 'xent'", "choose one of"], VALUE),
     case("C-loss-unknown-parameter", lambda: losses.make_loss("ce", [10, 3], gamma=2), ["gamma", "accepts: none"], VALUE),
@@ -643,8 +643,7 @@ PUBLIC_CASES = [
     case("C-loss-float-targets", lambda: losses.make_loss("ce", [10, 3])(torch.randn(2, 2), Y([0.0, 1.0])),
          ["targets must be integer class indices", "lam * loss"], VALUE),
     case("C-drw-beta-one", lambda: losses.drw_weights([10, 3], beta=1.0), ["beta=1.0", "[0, 1)"], VALUE),
-    case("X-ldam-margins-nan", lambda: losses.ldam_margins([10, 3], max_margin=NAN), ["max_margin=nan", "finite"], VALUE,
-         xfail=FIX_MARGIN),
+    case("C-ldam-margins-nan", lambda: losses.ldam_margins([10, 3], max_margin=NAN), ["max_margin=nan", "finite"], VALUE),
     # models
     case("C-model-unknown", lambda: models.make_model("vgg", 10), ["'vgg'", "valid names"], VALUE),
     case("C-model-one-class", lambda: models.make_model("mlp", 1), ["num_classes", ">= 2"], VALUE),
@@ -903,9 +902,9 @@ RUN_CASES = [
          ["result.json is not a JSON object", "retrain"], runs.RecordError),
     case("C-load-trained-crafted-checkpoint", _load_trained_crafted, "load_trained",
          ["refused to load", "checkpoint.pt", "could run code"], runs.UnsafeFileError),
-    case("X-resume-checkpoint-of-another-model", _and(_unfinish, lambda d: runs.save_checkpoint(
+    case("C-resume-checkpoint-of-another-model", _and(_unfinish, lambda d: runs.save_checkpoint(
         d / "checkpoint.pt", dict(epoch=0, model={"w": torch.ones(1)}, optimizer={}, loss={}, method={}))), RESUME,
-         ["checkpoint.pt does not fit this run", "if_exists='overwrite'"], runs.CheckpointError, xfail=FIX_RESTORE),
+         ["checkpoint.pt does not fit this run", "if_exists='overwrite'"], runs.CheckpointError),
 ]
 
 
