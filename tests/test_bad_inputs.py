@@ -6,7 +6,6 @@ Each case is a row of a table and its test id starts with its outcome:
   ``TypeError`` subclass), a one-line message naming the field / argument / file and a hint of the fix, and no
   file left behind (the folder holds exactly what it held before);
 * ``H-``  handled correctly (the input is accepted and does the right thing, or a fault is recovered from);
-* ``X-``  a strict ``xfail``: the fix belongs in a file this table does not own (the reason names the fix).
 
 Tables: (a) config fields through ``train.make_config`` / ``train.fit``; (b) the command line in real child
 processes (exit status 2, exactly one line on stderr, nothing written); (c) public functions of profiles,

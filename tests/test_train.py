@@ -1,7 +1,6 @@
 """The training engine: schedule, augmentation, run records, resume, DDP, bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
