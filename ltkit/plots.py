@@ -155,3 +155,9 @@ def plot_leaderboard(records: dict[str, list[dict]], ax: plt.Axes | None = None,
     ax.set_xlabel("test accuracy (%): seeds (dots) and their mean")
     legend_outside(ax, below=True, ncol=len(keys))
     return ax
+
+
+def show_table(frame):
+    """A DataFrame styled for the notebook: no cell ever wraps (a "75.7 ± 1.5" stays on one line)."""
+    return frame.style.set_properties(**{"white-space": "nowrap", "text-align": "right"}).set_table_styles(
+        [{"selector": "th", "props": [("white-space", "nowrap")]}])
