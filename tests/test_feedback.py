@@ -1,6 +1,9 @@
 """Feedback-guided synthesis: x̂0, the guidance step, filling, the feedback-fill method, bad input."""
 
+import json
+import shutil
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -483,7 +486,8 @@ def test_paper_scale_path_pipeline_fill_to_png_split_file_then_feedback_fill_on_
         feedback.pipeline_feedback_sample = original
     assert calls == [1]
 
-    record = train.fit("digits-lt", data=real, image_size=8, num_workers=0, model_params={"in_channels": 3}, epochs=2,
+    record = train.fit("digits-lt", data=real, dataset="imagenet-lt", model_params={"in_channels": 3}, image_size=8,
+                       num_workers=0, epochs=2,  # a split-file data set (dataset names its kind), 3 channels
                        loss="bs", method="feedback-fill", method_params=dict(synthetic=str(split)),
                        out_dir=str(tmp_path / "runs"), progress=False)
     assert [row["images"] for row in record["history"]] == [2 * sum(real_counts)] * 2
@@ -605,6 +609,34 @@ def test_two_process_ddp_draws_the_single_process_synthetic_batches(tmp_path, sy
 
 
 # --------------------------------------------------------------------------- the committed checkpoints
+def test_a_committed_fill_is_named_by_reference_not_by_a_path_into_the_package(tmp_path, monkeypatch):
+    """'committed:<generator>/<fill>' stays in the run record as written: a run made on one machine is reused on
+    another (where the package is installed elsewhere) instead of failing with a config mismatch."""
+    ref = feedback.committed_fill("digits-lt", "loss")
+    assert ref == "committed:digits-lt/loss"
+    assert feedback.resolve_synthetic(ref) == feedback.synthetic_set_path("digits-lt", "loss")
+    assert feedback.resolve_synthetic("some/where.pt") == Path("some/where.pt")
+    method = train.make_method("feedback-fill", dict(synthetic=ref))
+    assert method.path == str(feedback.synthetic_set_path("digits-lt", "loss"))
+    common = dict(epochs=1, max_steps=1, loss="bs", method="feedback-fill", method_params=dict(synthetic=ref),
+                  out_dir=str(tmp_path), name="fill", progress=False)
+    record = train.fit("digits-lt", **common)
+    assert record["config"]["method_params"]["synthetic"] == ref
+    assert str(diffusion.CHECKPOINT_DIR) not in json.dumps(record["config"])
+    # the package installed elsewhere (another machine): the same config resumes the finished run
+    moved = tmp_path / "elsewhere" / "synthetic"
+    moved.mkdir(parents=True)
+    shutil.copy(feedback.synthetic_set_path("digits-lt", "loss"), moved / "digits-lt-loss.pt")
+    monkeypatch.setattr(feedback, "SYNTHETIC_DIR", moved)
+    assert feedback.resolve_synthetic(ref) == moved / "digits-lt-loss.pt"
+    again = train.fit("digits-lt", **common, if_exists="resume")
+    assert again["result"] == record["result"]
+    for bad, match in [("committed:digits-lt", "committed:<generator>/<fill>"),
+                       ("committed:digits-lt/margin", "fill in"), ("committed:imagenet/loss", "generator in")]:
+        with pytest.raises(checks.InputError, match=match):
+            train.make_method("feedback-fill", dict(synthetic=bad))
+
+
 def test_committed_checkpoints_make_digits_the_long_tailed_classifier_recognises():
     model = diffusion.load_diffusion("digits-lt")
     clf = feedback.load_feedback_classifier("digits-lt")

@@ -161,7 +161,11 @@ Choices where the paper is silent or the setting differs (all parameters)
 * Committed with the package (``ltkit/checkpoints/``, re-made by
   :func:`make_committed`): the feedback classifier and the full fills of
   ``digits-lt`` (s = 0 and one per criterion, per generator), so that the
-  notebook's quick mode trains on them without minutes of sampling.  They were
+  notebook's quick mode trains on them without minutes of sampling.  A run names
+  one as ``method_params={"synthetic": "committed:digits-lt/loss"}``
+  (:func:`committed_fill`; ``"committed:<generator>/<fill>"``, resolved by
+  :func:`synthetic_set_path` where the run trains), so its record holds no path
+  into the installed package and is reused on another machine.  They were
   made before the entropy / loss gradients were written out: with the current
   code on one machine the s = 0 and hardness fills come out the same as with the
   earlier code, while about 1 in 5 entropy-fill and 1 in 8 loss-fill images
@@ -201,7 +205,8 @@ __all__ = ["CRITERIA", "MODES", "FILL_LABELS", "Guidance", "PAPER_SETTINGS", "QU
            "released_guidance", "feedback_hook",
            "guided_sample", "pipeline_feedback_sample", "pipeline_fill", "fill_counts", "synthesize_fill",
            "SyntheticSet", "FeedbackFill", "train_feedback_classifier", "load_feedback_classifier",
-           "synthetic_set_path", "fill_guidance", "make_committed"]
+           "synthetic_set_path", "committed_fill", "resolve_synthetic", "COMMITTED_PREFIX",
+           "fill_guidance", "make_committed"]
 
 
 # =========================================================================== settings
@@ -887,7 +892,9 @@ class FeedbackFillParams:
         if not self.synthetic:
             raise checks.InputError(
                 "feedback-fill needs method_params={'synthetic': <path of a saved SyntheticSet (.pt) or a split file "
-                "(.txt)>} (made with ltkit.methods.feedback.synthesize_fill(...).save(path)).")
+                "(.txt), or a committed fill such as 'committed:digits-lt/loss'>} (made with "
+                "ltkit.methods.feedback.synthesize_fill(...).save(path)).")
+        resolve_synthetic(self.synthetic)  # a committed reference must name a committed fill
 
 
 @train.register_method
@@ -895,9 +902,12 @@ class FeedbackFill(train.Method):
     """50 % real / 50 % synthetic mini-batches (see the module docstring).
 
     Params: ``synthetic``: a saved :class:`SyntheticSet` (``.pt``, for tensor
-    data sets such as ``digits-lt``) or, at ImageNet-LT / Places-LT scale, a
-    split file (``.txt``, paths relative to its folder, as written by
-    :func:`pipeline_fill`); ``real_fraction``: share of real images per batch
+    data sets such as ``digits-lt``), a committed fill of ``digits-lt`` named
+    ``"committed:<generator>/<fill>"`` (e.g. ``"committed:digits-lt/loss"``, see
+    :func:`committed_fill`; the run record keeps the name, not a path into the
+    installed package, so a run trained on one machine is reused on another) or,
+    at ImageNet-LT / Places-LT scale, a split file (``.txt``, paths relative to
+    its folder, as written by :func:`pipeline_fill`); ``real_fraction``: share of real images per batch
     (default 0.5); ``prior``: ``"real"`` (the run's loss, built by the engine
     from the real counts: with ``loss="bs"`` Balanced Softmax with the real
     long-tailed prior, the paper) or ``"mixed"`` (Balanced Softmax with the
@@ -909,7 +919,8 @@ class FeedbackFill(train.Method):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.path, self.real_fraction, self.prior = self.params.synthetic, self.params.real_fraction, self.params.prior
+        self.path = str(resolve_synthetic(self.params.synthetic))  # config keeps the reference; this is where it is
+        self.real_fraction, self.prior = self.params.real_fraction, self.params.prior
         self.files = self.path.endswith(".txt")
         self.fingerprint = ""
 
@@ -996,12 +1007,40 @@ class FeedbackFill(train.Method):
 
 
 # =========================================================================== the committed artefacts
+COMMITTED_PREFIX = "committed:"
+
+
 def synthetic_set_path(generator: str = "digits-lt", fill: str = "entropy") -> Path:
     """Where the committed fill of ``digits-lt`` made by ``generator`` with ``fill`` (``"s0"`` or a criterion) is."""
     if generator not in diffusion.CHECKPOINTS or fill not in FILL_LABELS:
-        raise ValueError(f"committed fills: generator in {list(diffusion.CHECKPOINTS)}, fill in {list(FILL_LABELS)}; "
-                         f"got {generator!r}, {fill!r}.")
+        raise checks.InputError(f"committed fills: generator in {list(diffusion.CHECKPOINTS)}, fill in "
+                                f"{list(FILL_LABELS)}; got {generator!r}, {fill!r}.")
     return SYNTHETIC_DIR / f"{generator}-{fill}.pt"
+
+
+def committed_fill(generator: str = "digits-lt", fill: str = "entropy") -> str:
+    """The reference ``"committed:<generator>/<fill>"`` to a committed fill, for ``method_params={"synthetic": ...}``.
+
+    ``feedback-fill`` resolves it with :func:`synthetic_set_path` where the run trains, so the
+    run record holds this machine-independent name rather than a path into the installed package
+    (a run trained on one machine is then reused on another with the same config).
+    """
+    synthetic_set_path(generator, fill)  # checks the names
+    return f"{COMMITTED_PREFIX}{generator}/{fill}"
+
+
+def resolve_synthetic(synthetic: str | Path) -> Path:
+    """The file behind ``feedback-fill``'s ``synthetic`` parameter: a ``"committed:<generator>/<fill>"``
+    reference (:func:`committed_fill`) resolved with :func:`synthetic_set_path`, anything else taken as a path."""
+    text = str(synthetic)
+    if not text.startswith(COMMITTED_PREFIX):
+        return Path(text)
+    generator, slash, fill = text[len(COMMITTED_PREFIX):].partition("/")
+    if not slash:
+        raise checks.InputError(f"synthetic={text!r}: a committed fill is named 'committed:<generator>/<fill>', "
+                                f"e.g. {COMMITTED_PREFIX}digits-lt/loss (generators {list(diffusion.CHECKPOINTS)}, "
+                                f"fills {list(FILL_LABELS)}).")
+    return synthetic_set_path(generator, fill)
 
 
 def fill_guidance(fill: str, scale: float | None = None, every: int | None = None,
