@@ -1,4 +1,4 @@
-"""What a Syn-LT synthesis step costs, against one training step of the same model on the same batch.
+"""What a Syn-LT synthesis step costs, and what its OT term costs and reaches, side by side with M2m's.
 
 What is measured
 ----------------
@@ -9,16 +9,38 @@ On one class-balanced batch (what M2m / Syn-LT train on after ``start_epoch``):
 * **M2m step**: ``ltkit.methods.synlt.synthesize`` with λ1 = 0: slots, seeds, T = 5
   per-sample normalised gradient steps through ``g`` (CE) and ``f`` (seed-class
   logit), the acceptance test;
-* **Syn-LT step**: the same with the OT term (λ1 = 0.5): per step one batched
-  log-domain Sinkhorn (``ot.batch.solve_batch``) between the synthetic features of
-  each target class and that class's real cloud (≤ 512 images), γ = 0.1, at most
-  200 iterations; ``--ot-tol 0`` forces all 200.
+* **Syn-LT steps**: the same with the OT term (λ1 = 0.5): per step one batched
+  Sinkhorn between the synthetic features of each target class and that class's
+  real cloud (≤ 512 images), γ = 0.1, at most 200 iterations, in four versions:
 
-Each is timed ``--repeats`` times after ``--warmup`` untimed calls (median,
-``torch.cuda.synchronize`` before every clock read on a GPU) and printed with
-its ratio to the training step.  A synthesis step *replaces* no training
-step: per batch the engine pays train + synthesis, so the slowdown of an
-epoch with synthesis is ``1 + ratio``.
+  - ``defaults``: ``SynthesisConfig()`` — each class's cost divided by its mean
+    (γ relative), ltkit's batched solver (absorbed scalings), stopped at an L1
+    marginal error of ``--ot-tol`` (1e-4), warm-started across the T steps;
+  - ``cold starts``: the same without the warm start (``ot_warm=False``);
+  - ``raw cost``: ``cost_scale="none"``, γ = 0.1 absolute on raw squared
+    feature distances (the reading ltkit used before), same solver;
+  - ``before``: the previous implementation, for the record — raw cost, POT's
+    ``ot.batch.solve_batch(method="log_sinkhorn")`` (two ``logsumexp`` per
+    iteration, stop on POT's row error < 1e-5 checked every 10 iterations).
+
+For every version the script prints the median time per batch and the **OT
+term** two ways: *replayed* — the T solves of that version's synthesis step
+recorded (features and targets) and re-run alone, forward and backward to the
+features (what the term adds: with φ = ``g.features`` the network's forward and
+backward are shared with the CE term) — and *excess*, the median difference to
+the M2m step over rounds that call both back to back (the whole-step view;
+noisy on a busy machine).  Then the ratio of the replayed OT term to M2m's whole
+synthesis, and what the Sinkhorn solves reached: iterations per solve, the
+largest L1 marginal error of any plan (:func:`ltkit.methods.ot.marginal_error`;
+half of it is mass in the wrong place) and how many solves the cap stopped above
+the tolerance.  The goal: the OT term under 0.25× M2m's synthesis at a converged
+tolerance.
+
+Each configuration is called ``--warmup`` times untimed, then ``--repeats``
+rounds of all configurations in turn (``torch.cuda.synchronize`` before every
+clock read on a GPU).  A synthesis step *replaces* no training step: per batch
+the engine pays train + synthesis, so the slowdown of an epoch with synthesis is
+``1 + ratio to train``.
 
 Settings: ``cifar`` (default): ResNet-32, random CIFAR-shaped images with the
 CIFAR-10-LT IF=100 class sizes, batch 128 (the LDAM / M2m batch; Syn-LT says 32:
@@ -42,15 +64,17 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from ot.batch import solve_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from ltkit import data as ltdata  # noqa: E402
 from ltkit import models, profiles  # noqa: E402
+from ltkit.methods import ot as ltot  # noqa: E402
 from ltkit.methods import synlt  # noqa: E402
 
 
@@ -67,18 +91,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _pot_solve_batch(c, a, b, gamma, *, max_iter=200, tol=1e-5, init=None, grad="envelope", **_):
+    """The previous implementation's solver: POT's batched log-domain Sinkhorn (tol: POT's row-error metric)."""
+    result = solve_batch(c, gamma, a, b, max_iter=max_iter, tol=tol, method="log_sinkhorn", grad=grad)
+    plan = result.plan
+    return ltot.BatchSinkhorn(plan=plan, log_v=torch.zeros_like(b), n_iter=int(result.log["n_iter"]) + 1,
+                              marginal_error=ltot.marginal_error(plan.detach(), a.to(plan.dtype), b.to(plan.dtype)))
+
+
+@contextmanager
+def previous_solver():
+    """Swap ltkit's batched solver for the previous implementation's (POT's solve_batch) while timing "before"."""
+    original = ltot.sinkhorn_batch
+    ltot.sinkhorn_batch = _pot_solve_batch
+    try:
+        yield
+    finally:
+        ltot.sinkhorn_batch = original
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,12 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--setting", default="cifar", choices=["cifar", "digits"])
     parser.add_argument("--batch-size", type=int, default=None, help="default: 128 (cifar), 64 (digits)")
-    parser.add_argument("--ot-iters", type=int, default=200)
+    parser.add_argument("--ot-iters", type=int, default=synlt.SynthesisConfig.ot_iters)
     parser.add_argument("--ot-tol", type=float, default=synlt.SynthesisConfig.ot_tol,
-                        help="Sinkhorn early stop; 0 runs all --ot-iters iterations")
+                        help="Sinkhorn stops at this L1 marginal error; 0 runs all --ot-iters iterations")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--skip-before", action="store_true", help="do not time the previous implementation")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,33 +158,105 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         optimizer.step()
 
-    results = {}
+    solver = dict(ot_iters=args.ot_iters, ot_tol=args.ot_tol)
+    configs = {
+        "M2m synthesis (lambda1=0)": (synlt.SynthesisConfig(lambda1=0.0), nullcontext),
+        "Syn-LT, defaults": (synlt.SynthesisConfig(**solver), nullcontext),
+        "Syn-LT, cold starts": (synlt.SynthesisConfig(ot_warm=False, **solver), nullcontext),
+        "Syn-LT, raw cost": (synlt.SynthesisConfig(cost_scale="none", **solver), nullcontext),
+    }
+    if not args.skip_before:
+        configs["Syn-LT, before"] = (synlt.SynthesisConfig(cost_scale="none", ot_iters=200, ot_tol=1e-5,
+                                                           ot_warm=False), previous_solver)
+    results: dict[str, synlt.SynthesisResult] = {}
+    recorded: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def synthesis_step(lambda1: float):
-        params = synlt.SynthesisConfig(lambda1=lambda1, ot_iters=args.ot_iters, ot_tol=args.ot_tol)
+    def run(label: str, record: bool = False) -> None:
+        params, context = configs[label]
+        original = ltot.grouped_sinkhorn_cost
 
-        def step() -> None:
-            results[lambda1] = synlt.synthesize(x, y, counts, g, generator=torch.Generator().manual_seed(1),
-                                                params=params, f=f, clouds=clouds, autocast=autocast)
-        return step
+        def recording(feats, targets, *args, **kwargs):
+            recorded.setdefault(label, []).append((feats.detach().clone(), targets.clone()))
+            return original(feats, targets, *args, **kwargs)
 
-    train_s = timed(train_step, device, args.warmup, args.repeats)
-    m2m_s = timed(synthesis_step(0.0), device, args.warmup, args.repeats)
-    synlt_s = timed(synthesis_step(0.5), device, args.warmup, args.repeats)
+        if record:
+            recorded[label] = []
+            ltot.grouped_sinkhorn_cost = recording
+        try:
+            with context():
+                results[label] = synlt.synthesize(x, y, counts, g, generator=torch.Generator().manual_seed(1),
+                                                  params=params, f=f, clouds=clouds, autocast=autocast)
+        finally:
+            ltot.grouped_sinkhorn_cost = original
 
+    def replay(label: str) -> None:
+        """The OT term alone: this version's recorded solves, in order, forward and backward to the features."""
+        params, context = configs[label]
+        warm = ltot.DualCache(*clouds.mass.shape, device=device) if params.ot_warm else None
+        with context():
+            for feats, targets in recorded[label]:
+                z = feats.requires_grad_(True)
+                solved = ltot.grouped_sinkhorn_cost(z, targets, clouds.features, clouds.mass, gamma=params.gamma,
+                                                    cost=params.cost, max_iter=params.ot_iters, tol=params.ot_tol,
+                                                    grad=params.ot_grad, scale=params.cost_scale, warm=warm)
+                torch.autograd.grad(solved.weighted_mean(), z)
+
+    def clock(fn) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    ot_labels = [label for label in configs if configs[label][0].lambda1 > 0]
+    for _ in range(args.warmup):
+        train_step()
+        for label in configs:
+            run(label, record=True)
+        for label in ot_labels:
+            replay(label)
+    times: dict[str, list[float]] = {label: [] for label in ["train"] + list(configs)}
+    replays: dict[str, list[float]] = {label: [] for label in ot_labels}
+    for _ in range(args.repeats):  # rounds: every configuration once, back to back
+        times["train"].append(clock(train_step))
+        for label in configs:
+            times[label].append(clock(lambda: run(label)))
+        for label in ot_labels:
+            replays[label].append(clock(lambda: replay(label)))
+
+    median = {label: statistics.median(t) for label, t in times.items()}
+    m2m_label = "M2m synthesis (lambda1=0)"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.setting}: {name}, batch {batch}, {data.num_classes} classes, device {where}; "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"synthesis: T=5, eta=0.1, {len(results[0.5].targets)} candidates in the batch; "
-          f"OT gamma=0.1, <= {args.ot_iters} Sinkhorn iterations, tol {args.ot_tol:g}, clouds of <= 512 real images")
-    print(f"{'step':<28}{'ms / batch':>12}{'ratio to train':>16}")
-    for label, seconds in (("train step (fwd+bwd+SGD)", train_s), ("M2m synthesis (lambda1=0)", m2m_s),
-                           ("Syn-LT synthesis (+OT)", synlt_s)):
-        print(f"{label:<28}{seconds * 1e3:>12.1f}{seconds / train_s:>16.2f}")
-    print(f"the OT term alone: {(synlt_s - m2m_s) * 1e3:.1f} ms per batch "
-          f"({(synlt_s - m2m_s) / train_s:.2f} training steps); an epoch with Syn-LT synthesis costs "
-          f"{1 + synlt_s / train_s:.1f}x an epoch without.")
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; median of {args.repeats} rounds")
+    print(f"synthesis: T=5, eta=0.1, {len(results[m2m_label].targets)} candidates in the batch; OT gamma=0.1, "
+          f"<= {args.ot_iters} Sinkhorn iterations, tol {args.ot_tol:g} (L1 marginal error), "
+          f"clouds of <= 512 real images")
+    print("OT term: 'replayed' = its T solves re-run alone (fwd+bwd); 'excess' = synthesis minus M2m, same rounds")
+    print(f"{'step':<27}{'ms/batch':>9}{'x train':>8}{'replayed':>10}{'excess':>8}{'OT/M2m':>8}"
+          f"{'iters/solve':>12}{'max marg.err':>13}{'at cap':>7}")
+    print(f"{'train step (fwd+bwd+SGD)':<27}{median['train'] * 1e3:>9.1f}{1.0:>8.2f}")
+    print(f"{m2m_label:<27}{median[m2m_label] * 1e3:>9.1f}{median[m2m_label] / median['train']:>8.2f}")
+    ratios = {}
+    for label in ot_labels:
+        excess = statistics.median(s - m for s, m in zip(times[label], times[m2m_label]))
+        alone = statistics.median(replays[label])
+        ratios[label] = alone / median[m2m_label]
+        stats = results[label].ot
+        print(f"{label:<27}{median[label] * 1e3:>9.1f}{median[label] / median['train']:>8.2f}{alone * 1e3:>10.1f}"
+              f"{excess * 1e3:>8.0f}{ratios[label]:>8.3f}{stats.mean_iterations:>12.1f}{stats.max_error:>13.2e}"
+              f"{stats.unconverged:>4}/{stats.solves}")
+    print("(times in ms; 'at cap': solves stopped by the iteration cap with the marginal error above the tolerance)")
+    defaults = "Syn-LT, defaults"
+    line = (f"OT term at the defaults: {ratios[defaults]:.3f}x M2m's synthesis (goal < 0.25) with the largest "
+            f"marginal error {results[defaults].ot.max_error:.1e} (tol {args.ot_tol:g})")
+    if "Syn-LT, before" in ratios:
+        before = results["Syn-LT, before"].ot
+        line += (f"; before: {ratios['Syn-LT, before']:.3f}x with {before.max_error:.2g} "
+                 f"({before.mean_iterations:.0f} iterations per solve, cap 200)")
+    print(line + f". An epoch with Syn-LT synthesis costs {1 + median[defaults] / median['train']:.1f}x an epoch "
+                 "without.")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def test_envelope_gradient_is_the_gradient_of_the_regularised_cost():
     torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("cost", lot.COSTS)
 @pytest.mark.parametrize("grad", lot.GRADS)
-def test_grouped_sinkhorn_equals_one_sinkhorn2_per_group(grad):
+def test_grouped_sinkhorn_equals_one_sinkhorn2_per_group(grad, cost):
     gen = torch.Generator().manual_seed(1)
     clouds = torch.randn(3, 9, 4, generator=gen, dtype=torch.float64)
     sizes = [9, 5, 7]
@@ -114,14 +115,25 @@ def test_grouped_sinkhorn_equals_one_sinkhorn2_per_group(grad):
         mass[k, :s] = 1 / s
     points = torch.randn(10, 4, generator=gen, dtype=torch.float64)
     groups = torch.tensor([0, 2, 2, 0, 0, 2, 2, 0, 0, 2])  # group 1 absent
+    points.requires_grad_(True)
     result = lot.grouped_sinkhorn_cost(points, groups, clouds, mass, gamma=0.3, max_iter=5000, tol=1e-12, grad=grad,
-                                       scale="none")
+                                       scale="none", cost=cost)
     assert result.groups.tolist() == [0, 2] and result.sizes.tolist() == [5, 5]
     assert float(result.marginal_error.max()) <= 1e-12
     for k, value in zip((0, 2), result.costs):
-        pair = lot.sinkhorn_cost(points[groups == k], clouds[k, :sizes[k]], gamma=0.3, max_iter=5000, tol=1e-12)
-        assert float(value) == pytest.approx(float(pair), rel=1e-8)
-    assert float(result.weighted_mean()) == pytest.approx(float(result.costs.mean()))
+        pair = lot.sinkhorn_cost(points[groups == k].detach(), clouds[k, :sizes[k]], gamma=0.3, max_iter=5000,
+                                 tol=1e-12, cost=cost)
+        assert float(value.detach()) == pytest.approx(float(pair), rel=1e-8)
+    assert float(result.weighted_mean().detach()) == pytest.approx(float(result.costs.detach().mean()))
+    # the gradient: with the plan held constant (envelope) it is <P, dC/dx>, the same through either way of summing
+    (grad_x,) = torch.autograd.grad(result.costs.sum(), points)
+    if grad == "envelope":
+        plans = [lot.sinkhorn_plan(points[groups == k].detach(), clouds[k, :sizes[k]], gamma=0.3, max_iter=5000,
+                                   tol=1e-12, cost=cost) for k in (0, 2)]
+        z = points.detach().requires_grad_(True)
+        by_hand = sum((plan * lot.cost_matrix(z[groups == k], clouds[k, :sizes[k]], cost)).sum()
+                      for k, plan in zip((0, 2), plans))
+        torch.testing.assert_close(grad_x, torch.autograd.grad(by_hand, z)[0], rtol=1e-8, atol=1e-10)
 
 
 # --------------------------------------------------------------------------- the batched solver, scaled costs, convergence
@@ -328,6 +340,10 @@ def test_the_synthesizers_sinkhorn_converges_at_its_defaults(setting, digits_set
                                             grad="implicit"), "unknown grad"),
     (lambda x, y: lot.grouped_sinkhorn_cost(x, torch.zeros(7, dtype=torch.long), y[None], torch.ones(1, 11) / 11,
                                             scale="median"), "unknown cost scale 'median'"),
+    (lambda x, y: lot.grouped_sinkhorn_cost(x.index_fill(0, torch.tensor([3]), float("nan")), torch.zeros(7, dtype=torch.long),
+                                            y[None], torch.ones(1, 11) / 11), "x has NaN/Inf features in 1 of 7"),
+    (lambda x, y: lot.grouped_sinkhorn_cost(x, torch.zeros(7, dtype=torch.long), y[None].index_fill(1, torch.tensor([2]), float("inf")),
+                                            torch.ones(1, 11) / 11), "clouds has NaN/Inf features in 1 of 11"),
     (lambda x, y: lot.sinkhorn_batch(lot.cost_matrix(x, y)[None], torch.ones(1, 7) / 7, torch.ones(1, 11) / 11, 0.1,
                                      init=torch.zeros(1, 7)), r"init must have the shape of b \(1, 11\)"),
 ])

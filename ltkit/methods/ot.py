@@ -71,7 +71,7 @@ convergence it is off by about the marginal error.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -105,8 +105,8 @@ def check_solver(max_iter: int, tol: float) -> None:
         raise ValueError(f"tol={tol!r} must be >= 0 (0 runs all max_iter iterations).")
 
 
-def check_features(name: str, x: Tensor, ndim: int = 2) -> Tensor:
-    """A non-empty, finite float feature tensor of ``ndim`` dimensions."""
+def check_features(name: str, x: Tensor, ndim: int = 2, finite: bool = True) -> Tensor:
+    """A non-empty, finite float feature tensor of ``ndim`` dimensions (``finite=False``: not checked for NaN/Inf)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of features, got {type(x).__name__}.")
     if x.ndim != ndim:
@@ -117,7 +117,7 @@ def check_features(name: str, x: Tensor, ndim: int = 2) -> Tensor:
                          "(an empty class has no feature cloud to match).")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}.")
-    if not bool(torch.isfinite(x).all()):
+    if finite and not bool(torch.isfinite(x).all()):
         finite = torch.isfinite(x).flatten(0, -2).all(dim=-1)
         bad = int((~finite).sum())
         raise ValueError(f"{name} has NaN/Inf features in {bad} of {finite.numel()} rows: check the model and "
@@ -267,7 +267,7 @@ class BatchSinkhorn:
 
 def sinkhorn_batch(c: Tensor, a: Tensor, b: Tensor, gamma: float, *, max_iter: int = 200, tol: float = 1e-4,
                    init: Tensor | None = None, grad: str = "envelope", check_every: int | None = None,
-                   absorb_at: float = 20.0) -> BatchSinkhorn:
+                   absorb_at: float = 20.0, absorb_every: int = 5) -> BatchSinkhorn:
     r"""Sinkhorn for a batch of problems: log-stabilised, stopped on the marginal error, optionally warm-started.
 
     ``c`` ``(B, n, m)``, masses ``a`` ``(B, n)`` and ``b`` ``(B, m)`` (zeros allowed: padding points get
@@ -281,10 +281,13 @@ def sinkhorn_batch(c: Tensor, a: Tensor, b: Tensor, gamma: float, *, max_iter: i
 
     so every iteration is two batched matrix-vector products (no ``exp`` over the whole
     matrix, unlike the log-domain iteration, which needs two ``logsumexp`` per iteration);
-    when a scaling has left :math:`[e^{-20}, e^{20}]` (``absorb_at``, looked at every 10
-    iterations) it is absorbed into the log-potentials and :math:`\tilde K` recomputed,
-    which keeps everything finite for any :math:`C/\gamma` (entries of :math:`\tilde K`
-    are plan entries, at most 1).
+    when a scaling has left :math:`[e^{-20}, e^{20}]` (``absorb_at``, looked at every
+    ``absorb_every`` = 5 iterations) the scalings are absorbed into the log-potentials,
+    that iteration is a log-domain one (two ``logsumexp``: exact also where entries of
+    the kernel underflowed to 0) and :math:`\tilde K` is recomputed.  Entries of
+    :math:`\tilde K` are plan entries (at most 1), so everything stays finite for any
+    :math:`C/\gamma`, and where :math:`C/\gamma` is so large that the kernel underflows
+    the iterations are the log-domain ones.
 
     After each row update the rows of the plan are exact and its column error
     :math:`e = \|P^\top\mathbf 1 - b\|_1` comes for free from the product the next column
@@ -319,27 +322,58 @@ def sinkhorn_batch(c: Tensor, a: Tensor, b: Tensor, gamma: float, *, max_iter: i
     v = v.masked_fill(b <= 0, float("-inf"))
     tiny = torch.finfo(c.dtype).tiny
     absorptions = 0
+    # scalings and masses as row vectors (B, 1, n) / (B, 1, m): every product is one bmm, no reshaping
+    a_row, b_row, minus_b = a[:, None, :], b[:, None, :], -b[:, None, :]
+    # zero-mass points have zero scalings: +1 there keeps them out of the range check below
+    pad_a, pad_b = (a_row <= 0).to(c.dtype), (b_row <= 0).to(c.dtype)
+    bounds = (math.exp(-absorb_at), math.exp(absorb_at))
     with _small_problem_threads(k):
-        u = log_a - torch.logsumexp(k + v[:, None, :], dim=2)  # rows exact
-        kernel = torch.exp(k + u[:, :, None] + v[:, None, :])
-        su, sv = torch.ones_like(a), torch.ones_like(b)
+        # rows exact: u = log a - LSE_j(k + v), and the kernel from the same exponentials
+        z = k + v[:, None, :]
+        top = z.detach().amax(2, keepdim=True)  # finite: every row has a column of positive mass
+        e = torch.exp(z - top)
+        row = e.sum(2)
+        u = log_a - row.log() - top[:, :, 0]
+        kernel = e * (a / row)[:, :, None]
+        kernel_t = kernel.transpose(1, 2)
+        su, sv = torch.ones_like(a_row), torch.ones_like(b_row)
         for it in range(1, max_iter + 1):
-            # the plan diag(su) kernel diag(sv): rows exact; its column sums sv * (kernel^T su)
-            col = torch.bmm(su[:, None, :], kernel)[:, 0]
-            err = (sv * col - b).abs().sum(1)
-            checked = it % check_every == 0 or it == max_iter
-            if it == max_iter or (tol > 0 and checked and float(err.max()) <= tol):
-                break
-            sv = b / col.clamp_min(tiny)
-            su = a / torch.bmm(kernel, sv[:, :, None])[:, :, 0].clamp_min(tiny)
-            if it % 10 == 0 and bool((_log_pos(su).abs() > absorb_at).any() | (_log_pos(sv).abs() > absorb_at).any()):
-                u, v = u + _log_pos(su), v + _log_pos(sv)
-                kernel = torch.exp(k + u[:, :, None] + v[:, None, :])
-                su, sv = torch.ones_like(a), torch.ones_like(b)
+            # every absorb_every iterations: if a scaling left [e^-absorb_at, e^absorb_at], absorb the scalings into
+            # the potentials and make this iteration a log-domain one (exact where the kernel underflowed)
+            absorb = it % absorb_every == 0 and not (_within(su + pad_a, bounds) and _within(sv + pad_b, bounds))
+            if absorb:
+                u, v = u + _log_pos(su[:, 0]), v + _log_pos(sv[:, 0])
+                su, sv = torch.ones_like(a_row), torch.ones_like(b_row)
+                log_col = torch.logsumexp(k + u[:, :, None], dim=1)
                 absorptions += 1
-        plan = su[:, :, None] * kernel * sv[:, None, :]
-        log_v = (v + _log_pos(sv)).detach()
+            else:  # the plan diag(su) kernel diag(sv): rows exact; its column sums sv * (su kernel)
+                col = torch.bmm(su, kernel)
+            if it == max_iter or (tol > 0 and it % check_every == 0):
+                if absorb:
+                    err = torch.linalg.vector_norm(torch.exp(v + log_col) - b, 1, dim=1)
+                else:
+                    err = torch.linalg.vector_norm(torch.addcmul(minus_b, sv, col), 1, dim=2)[:, 0]
+                if it == max_iter or float(err.detach().max()) <= tol:
+                    break
+            if absorb:
+                v = log_b - log_col
+                u = log_a - torch.logsumexp(k + v[:, None, :], dim=2)
+                kernel = torch.exp(k + u[:, :, None] + v[:, None, :])
+                kernel_t = kernel.transpose(1, 2)
+            else:
+                sv = b_row / col.clamp_min(tiny)
+                su = a_row / torch.bmm(sv, kernel_t).clamp_min(tiny)
+        if absorb:  # stopped right after absorbing: the kernel predates the new potentials
+            plan = torch.exp(k + u[:, :, None] + v[:, None, :])
+        else:
+            plan = su.transpose(1, 2) * kernel * sv
+        log_v = (v + _log_pos(sv[:, 0])).detach()
     return BatchSinkhorn(plan=plan, log_v=log_v, marginal_error=err.detach(), n_iter=it, absorptions=absorptions)
+
+
+def _within(t: Tensor, bounds: tuple[float, float]) -> bool:
+    low, high = torch.aminmax(t.detach())
+    return bounds[0] <= float(low) and float(high) <= bounds[1]
 
 
 def _log_pos(t: Tensor) -> Tensor:
@@ -426,8 +460,8 @@ def grouped_sinkhorn_cost(x: Tensor, groups: Tensor, clouds: Tensor, cloud_mass:
         raise ValueError(f"unknown grad {grad!r}; choose one of: {', '.join(GRADS)}.")
     if scale not in COST_SCALES:
         raise ValueError(f"unknown cost scale {scale!r}; choose one of: {', '.join(COST_SCALES)}.")
-    check_features("x", x)
-    check_features("clouds", clouds, ndim=3)
+    check_features("x", x, finite=False)  # NaN/Inf: checked on the cost matrices (smaller), named below
+    check_features("clouds", clouds, ndim=3, finite=False)
     if groups.shape != (len(x),) or groups.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"groups must be an integer tensor of shape ({len(x)},), got {groups.dtype} {tuple(groups.shape)}.")
     if cloud_mass.shape != clouds.shape[:2]:
@@ -441,22 +475,51 @@ def grouped_sinkhorn_cost(x: Tensor, groups: Tensor, clouds: Tensor, cloud_mass:
         raise ValueError(f"cloud(s) {empty} are empty (no real points): there is nothing to match them to.")
     # scatter the points into (G, n_max, d), rank within group = position among equals
     rank = _rank_within_group(inverse)
-    padded = x.new_zeros(len(present), int(sizes.max()), x.shape[1])
-    padded = padded.index_put((inverse, rank), x)
-    a = x.new_zeros(padded.shape[:2]).index_put((inverse, rank), 1.0 / sizes[inverse].to(x.dtype))
-    b = mass / mass.sum(1, keepdim=True)
-    c = cost_matrix(padded, clouds[present].to(x.dtype), cost)
-    c = c * ((a > 0)[:, :, None] & (b > 0)[:, None, :])  # finite, zero-mass entries cost 0
-    scales = cost_scale(c, a, b, scale)
-    c = c / scales[:, None, None]
-    init = warm.get(present) if warm is not None else None
-    solved = sinkhorn_batch(c, a, b, gamma, max_iter=max_iter, tol=tol, init=init, grad=grad)
+    targets = clouds[present].to(x.dtype)
+    envelope = grad == "envelope"
+    with torch.no_grad() if envelope else nullcontext():  # envelope: the plan is a constant, solved without a graph
+        padded = x.new_zeros(len(present), int(sizes.max()), x.shape[1])
+        padded = padded.index_put((inverse, rank), x)
+        a = x.new_zeros(padded.shape[:2]).index_put((inverse, rank), 1.0 / sizes[inverse].to(x.dtype))
+        b = mass / mass.sum(1, keepdim=True)
+        c = cost_matrix(padded, targets, cost)
+        c = c * ((a > 0)[:, :, None] & (b > 0)[:, None, :])  # finite, zero-mass entries cost 0
+        if not bool(torch.isfinite(c).all()):  # NaN or Inf in x or in a cloud in use: say which
+            check_features("x", x)
+            check_features("clouds", clouds[present], ndim=3)
+        scales = cost_scale(c, a, b, scale)
+        c = c / scales[:, None, None]
+        init = warm.get(present) if warm is not None else None
+        solved = sinkhorn_batch(c, a, b, gamma, max_iter=max_iter, tol=tol, init=init, grad=grad)
     if warm is not None:
         warm.put(present, solved.log_v)
-    costs = (solved.plan * c).sum((1, 2))
+    if envelope:
+        costs = _linear_cost(x, inverse, rank, targets, solved.plan, cost) / scales
+    else:
+        costs = (solved.plan * c).sum((1, 2))
     return GroupedOT(groups=present, sizes=sizes, costs=costs, n_iter=solved.n_iter,
                      marginal_error=solved.marginal_error, scales=scales,
                      plans=solved.plan.detach() if keep_plans else None)
+
+
+def _linear_cost(x: Tensor, inverse: Tensor, rank: Tensor, y: Tensor, plan: Tensor, cost: str) -> Tensor:
+    r""":math:`\langle P_k, C_k\rangle` per group for a constant plan, written with ``O(n d)`` terms of ``x``.
+
+    Squared Euclidean: :math:`\sum_i (P\mathbf 1)_i\|x_i\|^2 - 2\sum_i x_i\cdot(PY)_i
+    + \sum_j (P^\top\mathbf 1)_j\|y_j\|^2`; cosine: :math:`\sum_i (P\mathbf 1)_i -
+    \sum_i \hat x_i\cdot(P\hat Y)_i`.  The same value as summing :math:`P \odot C`, but
+    its backward pass touches ``(n, d)`` tensors only, not the ``(G, n, m)`` cost matrix.
+    """
+    plan = plan.detach()
+    xs, ys = (F.normalize(x, dim=-1), F.normalize(y, dim=-1)) if cost == "cosine" else (x, y)
+    cross = (xs * torch.bmm(plan, ys)[inverse, rank]).sum(1)
+    row_mass = plan.sum(2)[inverse, rank]
+    if cost == "cosine":
+        per_point, per_group = row_mass - cross, 0.0
+    else:
+        per_point = row_mass * (x * x).sum(1) - 2 * cross
+        per_group = (plan.sum(1) * (y * y).sum(2)).sum(1)
+    return x.new_zeros(len(plan)).index_add(0, inverse, per_point) + per_group
 
 
 def _rank_within_group(inverse: Tensor) -> Tensor:
