@@ -26,43 +26,13 @@ def _whole_number(answer: Any, what: str) -> int | Feedback:
 
 
 # --------------------------------------------------------------------------- 01.1
-def _n_min() -> int:
-    return min(profiles.exponential_profile(100, 500, 100))
-
-
-@exercise(
-    id="01.1",
-    kind="predict, then run",
-    question=("Predict, before running anything: an exponential profile with C = 100 classes, "
-              "n_max = 500 and IF = 100 (CIFAR-100-LT). How many training images has its smallest class, n_min? "
-              "Then check with `min(profiles.exponential_profile(100, 500, 100))`."),
-    solution=("n_min = 5. The imbalance factor is defined as IF = n_max / n_min, and the exponential profile "
-              "n_i = int(n_max · IF^(-i/(C-1))) reaches exactly n_max / IF at the last class i = C-1: "
-              "500 / 100 = 5 (`int` truncates, but 500 · 0.01 is 5.0 here). The middle class sits at the "
-              "geometric mean, n_max / √IF = 50: half the classes of CIFAR-100-LT have fewer than 50 images."),
-    answer=_n_min,
-)
-def check_n_min(answer: Any) -> Feedback:
-    value = _whole_number(answer, "n_min")
-    if isinstance(value, Feedback):
-        return value
-    truth = _n_min()
-    if value == 500 * 100:
-        return wrong("50,000 is n_max × IF; the imbalance factor *divides*: IF = n_max / n_min.")
-    if value == 500:
-        return wrong("500 is the largest class, n_max; n_min is the smallest one, at the tail.")
-    return close_to(value, truth, rel=0, abs_tol=0.5, what="n_min",
-                    hint="Use the definition of the imbalance factor: IF = n_max / n_min.")
-
-
-# --------------------------------------------------------------------------- 01.2
 def _few_at_if50() -> int:
     counts = data.load_digits_lt(imbalance_factor=50).class_counts
     return profiles.group_sizes(counts)["few"]
 
 
 @exercise(
-    id="01.2",
+    id="01.1",
     kind="compute",
     question=("`digits-lt` has 3 few-shot classes (fewer than 20 training images) at its default IF 15. "
               "Build it at IF 50 instead (`data.load_digits_lt(imbalance_factor=50)`, n_max stays 140) and count "
@@ -91,6 +61,36 @@ def check_few_at_if50(answer: Any) -> Feedback:
     return close_to(value, truth, rel=0, abs_tol=0.5, what="the number of few-shot classes",
                     hint="Print d50.class_counts and count the entries below 20, or use "
                          "profiles.group_sizes(d50.class_counts)['few'].")
+
+
+# --------------------------------------------------------------------------- 01.2
+def _n_min() -> int:
+    return min(profiles.exponential_profile(100, 500, 100))
+
+
+@exercise(
+    id="01.2",
+    kind="predict, then run",
+    question=("Predict, before running anything: an exponential profile with C = 100 classes, "
+              "n_max = 500 and IF = 100 (CIFAR-100-LT). How many training images has its smallest class, n_min? "
+              "Then check with `min(profiles.exponential_profile(100, 500, 100))`."),
+    solution=("n_min = 5. The imbalance factor is defined as IF = n_max / n_min, and the exponential profile "
+              "n_i = int(n_max · IF^(-i/(C-1))) reaches exactly n_max / IF at the last class i = C-1: "
+              "500 / 100 = 5 (`int` truncates, but 500 · 0.01 is 5.0 here). The middle class sits at the "
+              "geometric mean, n_max / √IF = 50: half the classes of CIFAR-100-LT have fewer than 50 images."),
+    answer=_n_min,
+)
+def check_n_min(answer: Any) -> Feedback:
+    value = _whole_number(answer, "n_min")
+    if isinstance(value, Feedback):
+        return value
+    truth = _n_min()
+    if value == 500 * 100:
+        return wrong("50,000 is n_max × IF; the imbalance factor *divides*: IF = n_max / n_min.")
+    if value == 500:
+        return wrong("500 is the largest class, n_max; n_min is the smallest one, at the tail.")
+    return close_to(value, truth, rel=0, abs_tol=0.5, what="n_min",
+                    hint="Use the definition of the imbalance factor: IF = n_max / n_min.")
 
 
 # --------------------------------------------------------------------------- 01.3
