@@ -1,4 +1,4 @@
-"""CMO and its variants (ltkit.cmo) and the context-digits-lt data set (ltkit.context_digits)."""
+"""CMO and its variants (ltkit.methods.cmo), its box against the reference rand_bbox, and the context-digits-lt data set."""
 
 import math
 from pathlib import Path
@@ -57,24 +57,126 @@ def _label_coded_data(num_classes=5, per_class=(40, 20, 10, 6, 4), size=8) -> da
     (1.0, (5, 5), cmo.Box(5, 5, 5, 5)),        # an empty box
 ])
 def test_cut_box_by_hand(lam, center, box):
-    assert cmo.cut_box(32, 32, lam, center) == box
+    for rule in cmo.BOX_RULES:  # even sides: both roundings agree
+        assert cmo.cut_box(32, 32, lam, center, rule) == box
     assert cmo.box_lambda(box, 32, 32) == 1 - box.area / 1024
 
 
-def test_odd_sides_are_exact_and_rectangles_use_both_sides():
+def test_odd_sides_by_rule_and_rectangles_use_both_sides():
     # H = 10, W = 20, λ0 = 0.75: sides ⌊10·½⌋ = 5 and ⌊20·½⌋ = 10
-    assert cmo.cut_box(10, 20, 0.75, (5, 10)) == cmo.Box(3, 8, 5, 15)
+    assert cmo.cut_box(10, 20, 0.75, (5, 10), "exact") == cmo.Box(3, 8, 5, 15)
+    assert cmo.cut_box(10, 20, 0.75, (5, 10), "reference") == cmo.Box(3, 7, 5, 15)  # 5 ± 2: 4 rows
+    assert cmo.cut_box(10, 20, 0.75, (5, 10)) == cmo.Box(3, 7, 5, 15)  # the default
+    # side 1 (8·√(1-0.97) = 1.39): the reference's box is empty, the exact one is the centre pixel
+    assert cmo.cut_box(8, 8, 0.97, (4, 4), "reference").area == 0
+    assert cmo.cut_box(8, 8, 0.97, (4, 4), "exact") == cmo.Box(4, 5, 4, 5)
+    with pytest.raises(ValueError, match="unknown box rule 'round'"):
+        cmo.cut_box(8, 8, 0.5, (4, 4), "round")
 
 
-def test_lambda_from_the_area_is_never_below_the_drawn_lambda():
-    """|B| <= ⌊H√(1-λ0)⌋² <= (1-λ0) H W, with equality of the first when the box is not clipped."""
+@pytest.mark.parametrize("rule", cmo.BOX_RULES)
+def test_lambda_from_the_area_is_never_below_the_drawn_lambda(rule):
+    """|B| <= L_h L_w <= (1-λ0) H W with L = ⌊H√(1-λ0)⌋ (exact) or 2⌊L/2⌋ (reference); equal when not clipped."""
     rng = np.random.default_rng(0)
     for _ in range(2000):
-        box, lam, lam0 = cmo.sample_box(32, 32, 1.0, rng)
+        box, lam, lam0 = cmo.sample_box(32, 32, 1.0, rng, rule)
         side = int(32 * math.sqrt(1 - lam0))
+        side = side if rule == "exact" else 2 * (side // 2)
         assert box.area <= side * side and lam >= lam0 - 1e-12
         if box.top > 0 and box.left > 0 and box.bottom < 32 and box.right < 32:
             assert box.area == side * side
+
+
+# The reference box, re-derived from naver-ai/cmo, cifar_train.py, rand_bbox (commit
+# 46eab7a209f55bde5d55622257f3b53a3bce1887): for an input of size (N, C, H, W) it takes the side
+# int(H * sqrt(1 - lam)) along dim 2 (the code calls H "W") and int(W * sqrt(1 - lam)) along dim 3, draws the
+# dim-2 centre, then the dim-3 centre, uniformly over the pixels, and spans centre - side // 2 to
+# centre + side // 2, each end clipped to [0, size]; the input is indexed [:, :, x1:x2, y1:y2].
+def _reference_interval(size, lam, centre):
+    half = int(size * np.sqrt(1.0 - lam)) // 2
+    return int(np.clip(centre - half, 0, size)), int(np.clip(centre + half, 0, size))
+
+
+def _reference_box(height, width, lam, row, col):
+    (top, bottom), (left, right) = _reference_interval(height, lam, row), _reference_interval(width, lam, col)
+    return top, bottom, left, right
+
+
+@pytest.mark.parametrize("height, width", [(8, 8), (32, 32), (7, 12), (5, 3)])
+def test_the_default_box_is_the_reference_rand_bbox(height, width):
+    lams = np.concatenate([np.linspace(0, 1, 201), np.random.default_rng(0).random(200)])
+    centres = [(row, (7 * row + 3) % width) for row in range(height)] + [((5 * col + 1) % height, col)
+                                                                        for col in range(width)]
+    for lam in lams:  # every side, every row centre and every column centre
+        for row, col in centres:
+            box = cmo.cut_box(height, width, float(lam), (row, col))
+            assert (box.top, box.bottom, box.left, box.right) == _reference_box(height, width, lam, row, col)
+
+
+def _box_statistics(size, rule):
+    """Mean pasted area (fraction of the image) and empty-box rate for λ0 ~ U(0, 1) on a size x size image, exact.
+
+    The side s = ⌊size √(1-λ0)⌋ is k with probability ((k+1)² - k²)/size² (k < size); given s, the rows and the
+    columns of the box are independent (independent centres), each a clipped interval enumerated over its centre.
+    """
+    area = empty = 0.0
+    for side in range(size):
+        p = ((side + 1) ** 2 - side ** 2) / size ** 2
+        if rule == "reference":
+            lengths = [np.subtract(*_reference_interval(size, 1 - (side / size) ** 2, c)[::-1]) for c in range(size)]
+        else:
+            lengths = [min(max(c - side // 2 + side, 0), size) - min(max(c - side // 2, 0), size) for c in range(size)]
+        lengths = np.asarray(lengths, dtype=float)
+        area += p * lengths.mean() ** 2 / size ** 2
+        empty += p * (1 - np.mean(lengths > 0) ** 2)
+    return area, empty
+
+
+def test_box_areas_and_empty_box_rates_by_rule():
+    """The numbers the module docstring quotes, exactly; and the method's sampler draws them."""
+    expected = {(8, "reference"): (0.2326, 0.0625), (8, "exact"): (0.2796, 0.015625),
+                (32, "reference"): (0.2993, 0.00390625), (32, "exact"): (0.3102, 0.0009765625)}
+    for (size, rule), (area, empty) in expected.items():
+        got_area, got_empty = _box_statistics(size, rule)
+        assert got_area == pytest.approx(area, abs=5e-5) and got_empty == pytest.approx(empty, rel=1e-12)
+    rng = np.random.default_rng(7)
+    n = 40_000
+    for rule in cmo.BOX_RULES:
+        boxes = [cmo.sample_box(8, 8, 1.0, rng, rule)[0] for _ in range(n)]
+        area = np.mean([b.area for b in boxes]) / 64
+        empty = np.mean([b.area == 0 for b in boxes])
+        exact_area, exact_empty = _box_statistics(8, rule)
+        assert abs(empty - exact_empty) < 4 * math.sqrt(exact_empty * (1 - exact_empty) / n)
+        assert abs(area - exact_area) < 0.005
+
+
+def test_the_methods_use_the_reference_box_by_default():
+    """Through the batch hook on 8 x 8 images: the pasted region is rand_bbox's for the drawn λ0 and centre."""
+    assert cmo.CMOParams().box == cmo.CutMixParams().box == "reference"
+    white = data.TensorData("white", torch.full((64, 1, 8, 8), 255, dtype=torch.uint8), torch.arange(64) % 4,
+                            torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4), list("abcd"))
+    empty = {}
+    for rule in cmo.BOX_RULES:
+        ctx, method = _context(white, "cmo", batch_size=8, epochs=3,
+                               method_params=dict(prob=1.0, off_first=0, off_last=0, box=rule))
+        ctx.epoch = 1
+        method.epoch_start(ctx, 1)
+        areas = []
+        for step in range(400):
+            mixed = method.batch(ctx, train.Batch(x=torch.zeros(8, 1, 8, 8), y=torch.arange(8) % 4, step=step))
+            rng = ctx.rng("cmo-mix", 1, step)  # the same stream the hook draws the coin, λ0 and centre from
+            rng.random()
+            lam0 = float(rng.beta(1.0, 1.0))
+            row, col = int(rng.integers(8)), int(rng.integers(8))
+            if rule == "reference":
+                top, bottom, left, right = _reference_box(8, 8, lam0, row, col)
+                expected = torch.zeros(8, 8, dtype=torch.bool)
+                expected[top:bottom, left:right] = True
+                assert torch.equal(mixed.x[0, 0] == 1, expected)
+            areas.append(int((mixed.x[0, 0] == 1).sum()))
+            assert mixed.lam == pytest.approx(1 - areas[-1] / 64)
+        empty[rule] = np.mean(np.asarray(areas) == 0)
+    assert empty["reference"] > empty["exact"]
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
@@ -249,6 +351,7 @@ def test_mixing_is_off_outside_the_on_epochs(epochs, off_first, off_last, on):
     ("cmo", dict(bg_scope="all"), r"unknown parameter\(s\) \['bg_scope'\]"),
     ("cmo-back", dict(bg_scope="some"), r"bg_scope 'some'"),
     ("cmo", dict(alpha=float("nan")), r"alpha=nan must be a finite number"),
+    ("cutmix", dict(box="round"), r"box 'round'; choose one of: reference, exact"),
 ])
 def test_bad_parameters_give_clear_errors(method, params, message):
     with pytest.raises(ValueError, match=message):

@@ -26,8 +26,8 @@ For every batch, with probability ``p`` (``prob``, 0.5 in the paper)
     h = \lfloor H\sqrt{1-\lambda_0}\rfloor,\ w = \lfloor W\sqrt{1-\lambda_0}\rfloor,\qquad
     (c_y, c_x) \sim \mathcal{U}\{0..H-1\}\times\mathcal{U}\{0..W-1\}
 
-    B = [c_y - \lfloor h/2\rfloor,\ c_y - \lfloor h/2\rfloor + h) \times
-        [c_x - \lfloor w/2\rfloor,\ c_x - \lfloor w/2\rfloor + w)\ \text{clipped to the image}
+    B = [c_y - \lfloor h/2\rfloor,\ c_y + \lfloor h/2\rfloor) \times
+        [c_x - \lfloor w/2\rfloor,\ c_x + \lfloor w/2\rfloor)\ \text{clipped to the image}
 
     \tilde x = M_B \odot x^f + (1 - M_B) \odot x^b,\qquad
     \lambda = 1 - \frac{|B|}{HW},\qquad
@@ -35,7 +35,10 @@ For every batch, with probability ``p`` (``prob``, 0.5 in the paper)
 
 for *any* loss ``L`` of :mod:`ltkit.losses` (the engine's
 ``ctx.mixed_loss``).  One box per batch, as in the reference code; ``λ`` is
-recomputed from the real (clipped) box area.
+recomputed from the real (clipped) box area.  The box is the reference code's
+(``rand_bbox`` in naver-ai/cmo's ``cifar_train.py``): ``c ± ⌊side/2⌋``, so an
+odd side ``h`` gives ``h - 1`` rows (``box="reference"``, the default; see below
+for ``box="exact"``).
 
 The foreground distribution Q
 -----------------------------
@@ -66,11 +69,20 @@ the run's length, at least one epoch each:
 ImageNet-LT runs).  Outside the on epochs nothing is drawn and the batch
 passes through unchanged.
 
-Other choices where the reference code has quirks: its box uses
-``c ± ⌊side/2⌋`` (one pixel short for odd sides) and calls the height ``W``;
-here the unclipped box has exactly ``⌊H√(1-λ_0)⌋`` rows and ``⌊W√(1-λ_0)⌋``
-columns.  Its NumPy stream (coin, λ, centre) is re-seeded by the data subset's
-seed whatever the run's seed; here every draw derives from ``config.seed``.
+Other choices where the reference code has quirks.  Its box spans
+``c ± ⌊side/2⌋``: ``2⌊side/2⌋`` pixels, one short of the side when it is odd.
+ltkit follows it by default (``box="reference"``); ``box="exact"`` gives the
+unclipped box exactly ``⌊H√(1-λ_0)⌋`` rows and ``⌊W√(1-λ_0)⌋`` columns.  The
+difference is small on CIFAR but not on small images: with ``α = 1`` the mean
+pasted area is 29.9 % (reference) vs 31.0 % (exact) of a 32 × 32 image, but
+23.3 % vs 28.0 % of an 8 × 8 digit, and a side of 1 pastes nothing under the
+reference rounding, so 6.25 % of mixed 8 × 8 batches get an empty box (λ = 1:
+the foreground label gets no weight) vs 1.56 % (0.39 % vs 0.10 % at 32 × 32).
+(Exact values for ``λ_0 ~ U(0, 1)``, checked in ``tests/test_cmo.py``.)  The
+reference also calls the height ``W`` (it draws the row centre first, then the
+column centre, as here).  Its NumPy stream (coin, λ, centre) is re-seeded by the
+data subset's seed whatever the run's seed; here every draw derives from
+``config.seed``.
 
 Variants (the paper's Table 9 and Table 11)
 -------------------------------------------
@@ -129,6 +141,7 @@ from ..checks import param
 
 __all__ = [
     "WEIGHTINGS",
+    "BOX_RULES",
     "Box",
     "cut_box",
     "box_lambda",
@@ -147,6 +160,8 @@ __all__ = [
 
 #: Foreground weightings (see the module docstring).
 WEIGHTINGS: tuple[str, ...] = ("q-sample", "q-class", "effective-number", "effective-number-sample")
+#: Box roundings: the reference code's ``c ± ⌊side/2⌋`` (default) or exactly ``⌊side⌋`` pixels.
+BOX_RULES: tuple[str, ...] = ("reference", "exact")
 #: The paper's schedule: CMO off in the first 4 (``epoch <= 3``) and the last 3 of 200 epochs.
 PAPER_EPOCHS, PAPER_OFF_FIRST, PAPER_OFF_LAST = 200, 4, 3
 BG_SCOPES: tuple[str, ...] = ("all", "mixed")
@@ -167,18 +182,25 @@ class Box:
         return (self.bottom - self.top) * (self.right - self.left)
 
 
-def cut_box(height: int, width: int, lam: float, center: tuple[int, int]) -> Box:
-    """A box of ``⌊H√(1-λ)⌋ × ⌊W√(1-λ)⌋`` pixels centred at ``center = (row, col)``, clipped to the image.
+def cut_box(height: int, width: int, lam: float, center: tuple[int, int], rule: str = "reference") -> Box:
+    """The box for ``λ`` centred at ``center = (row, col)``, clipped to the image.
 
-    (The reference code uses ``c ± ⌊side/2⌋``, one pixel short for odd sides;
-    here the unclipped box has exactly the side.)
+    Sides ``h = ⌊H√(1-λ)⌋``, ``w = ⌊W√(1-λ)⌋``.  ``rule="reference"`` (naver-ai/cmo's
+    ``rand_bbox``): rows ``[c_y - ⌊h/2⌋, c_y + ⌊h/2⌋)``, columns likewise, so an odd
+    side loses a pixel and a side of 1 gives an empty box; ``rule="exact"``: rows
+    ``[c_y - ⌊h/2⌋, c_y - ⌊h/2⌋ + h)``, exactly ``h`` before clipping.
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam={lam} must lie in [0, 1].")
+    checks.choice("box rule", rule, BOX_RULES, "'reference' is naver-ai/cmo's rand_bbox")
     cut_h, cut_w = int(height * math.sqrt(1.0 - lam)), int(width * math.sqrt(1.0 - lam))
     top, left = center[0] - cut_h // 2, center[1] - cut_w // 2
+    if rule == "reference":
+        bottom, right = center[0] + cut_h // 2, center[1] + cut_w // 2
+    else:
+        bottom, right = top + cut_h, left + cut_w
     clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
-    return Box(clip(top, height), clip(top + cut_h, height), clip(left, width), clip(left + cut_w, width))
+    return Box(clip(top, height), clip(bottom, height), clip(left, width), clip(right, width))
 
 
 def box_lambda(box: Box, height: int, width: int) -> float:
@@ -186,11 +208,12 @@ def box_lambda(box: Box, height: int, width: int) -> float:
     return 1.0 - box.area / (height * width)
 
 
-def sample_box(height: int, width: int, alpha: float, rng: np.random.Generator) -> tuple[Box, float, float]:
+def sample_box(height: int, width: int, alpha: float, rng: np.random.Generator,
+               rule: str = "reference") -> tuple[Box, float, float]:
     """Draw ``λ_0 ~ Beta(α, α)`` and a uniform centre; returns ``(box, λ, λ_0)`` with ``λ`` from the real area."""
     lam0 = float(rng.beta(alpha, alpha))
     center = (int(rng.integers(height)), int(rng.integers(width)))
-    box = cut_box(height, width, lam0, center)
+    box = cut_box(height, width, lam0, center, rule)
     return box, box_lambda(box, height, width), lam0
 
 
@@ -263,12 +286,14 @@ def is_active(epoch: int, epochs: int, off_first: int | None = None, off_last: i
 # =========================================================================== parameters
 @dataclass(frozen=True)
 class CutMixParams:
-    """CutMix's (and CMO's) mixing: ``λ_0 ~ Beta(α, α)``, a batch mixed with probability ``prob``."""
+    """CutMix's (and CMO's) mixing: ``λ_0 ~ Beta(α, α)``, a batch mixed with probability ``prob``, the box rounding."""
 
     alpha: float = param(1.0, low=0, low_open=True, hint="λ ~ Beta(α, α); the paper uses α = 1, uniform λ")
     prob: float = param(0.5, low=0, high=1, hint="the probability that a batch is mixed; the paper uses 0.5")
     off_first: int | None = param(None, low=0, hint="epochs off at the start; None scales the paper's 4 of 200")
     off_last: int | None = param(None, low=0, hint="epochs off at the end; None scales the paper's 3 of 200")
+    box: str = param("reference", choices=BOX_RULES, hint="'reference': naver-ai/cmo's rand_bbox, c ± ⌊side/2⌋; "
+                     "'exact': ⌊side⌋ pixels")
 
 
 @dataclass(frozen=True)
@@ -334,7 +359,7 @@ class CutMix(train.Method):
         if not mix:
             return batch
         _, _, height, width = batch.x.shape
-        box, lam, _ = sample_box(height, width, self.params.alpha, rng)
+        box, lam, _ = sample_box(height, width, self.params.alpha, rng, self.params.box)
         self.mixed_batches += 1
         return dataclasses.replace(batch, x=paste(batch.x, fg_x, box), y2=fg_y, lam=lam)
 
