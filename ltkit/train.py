@@ -98,6 +98,7 @@ class TrainConfig:
     crop_padding: int = 4
     image_size: int = 224  # split-file data sets only
     num_workers: int = 4  # split-file data sets only
+    decoder: str = "auto"  # split-file images: "auto" (TorchCodec or torchvision.io: faster per core), or "pil"
     verify_checksums: bool = False  # CIFAR: check the pickles' md5 sums (torchvision's) before unpickling
     # model and loss
     model: str = "resnet32"
@@ -195,7 +196,7 @@ def make_config(**fields_: Any) -> TrainConfig:
     return config
 
 
-_CHOICES = dict(schedule=("step", "cosine"), augment=("crop-flip", "crop", "none"), device=("auto", "cpu", "cuda"),
+_CHOICES = dict(decoder=ltdata.DECODERS, schedule=("step", "cosine"), augment=("crop-flip", "crop", "none"), device=("auto", "cpu", "cuda"),
                 if_exists=runs.IF_EXISTS, subset=("shuffle", "first"))
 _AT_LEAST_ONE = ("epochs", "batch_size", "eval_every", "checkpoint_every", "image_size")
 _OPTIONAL_AT_LEAST_ONE = ("max_steps", "max_test_images")
@@ -486,6 +487,7 @@ class Context:
         else:
             dataset = self.data.train
             dataset.transform = file_transforms(self.config, train=False)
+            dataset.decoder = ltdata.resolve_decoder(self.config.decoder)
             keys = [[(0, i) for i in range(start, min(start + batch_size, len(dataset)))]
                     for start in range(0, len(dataset), batch_size)]
             for x, _ in _keyed_loader(self, dataset, keys):
@@ -660,6 +662,7 @@ def file_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
     """One epoch of this rank's batches of a split-file data set (DataLoader workers, per-sample seeds)."""
     dataset = ctx.data.train
     dataset.transform = file_transforms(ctx.config, train=True)
+    dataset.decoder = ltdata.resolve_decoder(ctx.config.decoder)
     order = epoch_order(ctx.config, torch.tensor(dataset.targets), ctx.class_counts, epoch)
     positions = torch.arange(len(order))
     parts = global_batches(len(order), ctx.config.batch_size)
@@ -708,6 +711,7 @@ def _test_batches(ctx: Context) -> Iterator[tuple[Tensor, Tensor]]:
         return
     dataset = ctx.data.test
     dataset.transform = file_transforms(ctx.config, train=False)
+    dataset.decoder = ltdata.resolve_decoder(ctx.config.decoder)
     mine = test_positions(ctx.config, len(dataset), ctx.rank, ctx.world_size).tolist()
     step = ctx.config.batch_size
     keys = [[(0, i) for i in mine[start:start + step]] for start in range(0, len(mine), step)]
@@ -858,7 +862,7 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
     if config.compile:
         model = torch.compile(model)
     ctx.model = model
-    env = {**runs.environment(device, world), **distributed_facts(device, world, sync_bn)}
+    env = {**runs.environment(device, world), **distributed_facts(device, world, sync_bn, config.decoder)}
     if rank == 0:
         runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env, class_counts=counts,
                                                       classes=data.classes, data_info=getattr(data, "info", {})))
@@ -947,7 +951,7 @@ def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def distributed_facts(device: torch.device, world: int, sync_bn: bool) -> dict:
+def distributed_facts(device: torch.device, world: int, sync_bn: bool, config_decoder: str = "auto") -> dict:
     """What a researcher checks first on a cluster: nodes, hosts, GPU, NCCL / cuDNN versions, sync_bn."""
     hosts = [socket.gethostname()]
     if world > 1 and dist.is_initialized():
@@ -956,6 +960,7 @@ def distributed_facts(device: torch.device, world: int, sync_bn: bool) -> dict:
         hosts = gathered
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     facts = dict(nodes=max(1, world // max(local_world, 1)), hostnames=sorted(set(hosts)), sync_bn=sync_bn,
+                 image_decoder=ltdata.resolve_decoder(config_decoder),
                  cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
                  nccl=".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else None,
                  gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)

@@ -374,3 +374,25 @@ def test_class_counts_refuse_labels_out_of_range():
         data.class_counts(torch.tensor([0, 1, 10]), 10)
     with pytest.raises(data.DataError, match=r"label -1 \(index 0"):
         data.class_counts([-1, 0, 1], 2)
+
+
+# --------------------------------------------------------------------------- image decoders
+def test_the_tensor_decoder_reads_what_pil_reads(tmp_path):
+    """torchvision.io (or TorchCodec) and PIL give the same RGB pixels up to JPEG rounding; grey becomes RGB."""
+    from ltkit.data import ImageListDataset, resolve_decoder
+
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / "rgb.jpg", quality=95)
+    Image.fromarray(rng.randint(0, 256, (20, 30), dtype=np.uint8)).save(tmp_path / "grey.jpg", quality=95)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    split = tmp_path / "split.txt"
+    split.write_text("rgb.jpg 0\ngrey.jpg 1\nbad.jpg 0\n")
+    pil = ImageListDataset(tmp_path, split, decoder="pil")
+    tensor = ImageListDataset(tmp_path, split, decoder="auto")
+    assert tensor.decoder == resolve_decoder("auto") != "pil"
+    for i in (0, 1):
+        a = torch.from_numpy(np.asarray(pil[i][0])).permute(2, 0, 1).float()
+        b = tensor[i][0].float()
+        assert b.shape == a.shape == (3, 20, 30) and (a - b).abs().mean() < 2.0
+    with pytest.raises(data.ImageReadError, match=r"bad.jpg \(line 3 of .*split.txt\) cannot be read"):
+        tensor[2]
