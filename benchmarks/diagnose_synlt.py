@@ -46,6 +46,11 @@ def acceptance(record: dict) -> float:
     return accepted / candidates if candidates else float("nan")
 
 
+def _mean_rate(rates: list[float]) -> str:
+    known = [r for r in rates if not np.isnan(r)]
+    return f"{np.mean(known):.2f}" if known else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=100)
@@ -60,7 +65,7 @@ def main() -> None:
     records = launch.run_grid({"CE": lineup["CE"]}, args.seeds, **common)  # g first
     records.update(launch.run_grid({k: v for k, v in lineup.items() if k != "CE"}, args.seeds, **common))
     table = launch.compare(records, keys=("overall", "few"), baselines={k: "CE" for k in lineup if k != "CE"})
-    table["accepted"] = [f"{np.nanmean([acceptance(r) for r in records[k]]):.2f}" for k in table.index]
+    table["accepted"] = [_mean_rate([acceptance(r) for r in records[k]]) for k in table.index]
     print(f"context-digits-lt, {args.epochs} epochs, seeds {args.seeds} (g = the CE run of the same seed)")
     print(table.to_string())
 
