@@ -41,9 +41,10 @@ between penultimate features are ~15 on average (up to ~50) for the digits CNN
 and thousands for a CIFAR ResNet-32, so an absolute :math:`\gamma = 0.1` makes
 :math:`C/\gamma` reach 500 to 10\ :sup:`5`, where Sinkhorn needs thousands of
 iterations: at the paper's cap of 200 the plans of a digits synthesis step
-still have an L1 marginal error of 0.010 (0.28 at 50 iterations; half of it is
-mass in the wrong place), those of a CIFAR-shaped step 0.64, and the "envelope"
-gradient below is then not the gradient of anything.  :func:`grouped_sinkhorn_cost` therefore divides
+still have an L1 marginal error of 0.01-0.17 (0.28-0.56 at 50 iterations; the
+more trained the features, the larger; half of it is mass in the wrong place),
+those of a CIFAR-shaped step 0.64, and the "envelope" gradient below is then not
+the gradient of anything.  :func:`grouped_sinkhorn_cost` therefore divides
 each problem's cost matrix by a detached scale (``scale``, :func:`cost_scale`;
 default ``"mean"``, :math:`s = \langle a b^\top, C\rangle`, the cost of the
 independent coupling: the mean cost of a pair for uniform masses), so that

@@ -80,7 +80,7 @@ Choices where the papers are silent (all parameters)
   paper gives γ = 0.1 and at most 200 iterations but not the cost's units; read
   as absolute on raw squared feature distances (``cost_scale="none"``, ltkit's
   default until now) Sinkhorn is far from converged at 200 iterations (L1
-  marginal error 0.010 on digits, 0.64 on a CIFAR-shaped ResNet-32; see
+  marginal error 0.01-0.17 on digits, 0.64 on a CIFAR-shaped ResNet-32; see
   :mod:`ltkit.methods.ot`), so the plan and its gradient are not those of the
   OT problem.  With the mean scale the same problems reach ``ot_tol = 1e-4`` in
   ~20-60 iterations; 200 stays the cap.
