@@ -71,7 +71,7 @@ Overrides = dict | Callable[[int], dict]
 
 def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
              nproc: int = 1, workers: int = 1, progress: bool = True, background: bool = False,
-             **common: Any) -> "dict[str, list[dict]] | GridJob":
+             interval: float = 5.0, **common: Any) -> "dict[str, list[dict]] | GridJob":
     """Train every named configuration (``{label: overrides}``) for every seed.
 
     Runs are named ``<safe label>-s<seed>`` (``"BS + CMO"`` -> ``bs-cmo-s0``; the label itself is
@@ -87,13 +87,14 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     ``background=True`` returns at once with a :class:`GridJob`: the grid trains in
     a background thread (and its worker processes) while the notebook stays
     responsive; displaying the job shows a live view of the curves by group, and
-    ``job.wait()`` returns the same records as a foreground call.
+    ``job.wait()`` returns the same records as a foreground call.  The view looks for
+    new epochs every ``interval`` seconds and redraws only when a run's files changed.
     """
     jobs = _grid_jobs(methods, seeds, base, common)  # every config is checked before the first run starts
     if background:
         return GridJob(lambda: run_grid(methods, seeds, base=base, nproc=nproc, workers=workers, progress=False,
                                         **common), {label: [_run_dir(c) for lb, _, c in jobs if lb == label]
-                                                    for label in methods})
+                                                    for label in methods}, interval=interval)
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1.")
     if workers > 1 and nproc > 1:
@@ -140,7 +141,7 @@ def _run_dir(config: train.TrainConfig) -> Path:
 class GridJob:
     """A grid of runs training in the background; display it for a live view, ``wait()`` for the records."""
 
-    def __init__(self, target: Callable[[], dict], run_dirs: dict[str, list[Path]], interval: float = 1.0) -> None:
+    def __init__(self, target: Callable[[], dict], run_dirs: dict[str, list[Path]], interval: float = 5.0) -> None:
         self.run_dirs, self.interval = run_dirs, interval
         self._records: dict | None = None
         self._error: BaseException | None = None

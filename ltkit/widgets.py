@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -64,6 +65,7 @@ import ipywidgets as widgets
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 from . import metrics, plots, profiles, runs, stats
 
@@ -368,7 +370,7 @@ def draw_per_class(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, man
     ax.set_xlabel("training images in the class (log)")
     ax.set_ylabel("per-class test accuracy (%), mean over seeds")
     ax.set_title("per-class accuracy vs class size (colour = group)", pad=14)
-    ax.legend(handles=handles, loc="lower right", ncol=2)
+    plots.legend_outside(ax, handles=handles, labels=[h.get_label() for h in handles])
 
 
 def draw_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, colors: Mapping,
@@ -396,7 +398,7 @@ def draw_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, c
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy by group: mean ± std over seeds, dots = seeds")
     if labels:
-        ax.legend(ncol=2, loc="lower left")
+        plots.legend_outside(ax)
 
 
 def draw_confusion(ax, run: Run | None) -> None:
@@ -466,7 +468,7 @@ def draw_history(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping, metri
     ax.set_xlabel("epoch")
     if drawn:
         ax.set_ylabel(f"{metric} (%)" if metric in GROUP_KEYS else str(metric))
-        ax.legend(loc="lower right")
+        plots.legend_outside(ax, below=True)
     ax.set_title(f"history: {metric} (markers: evaluated epochs) and train loss (dashed)" if loss_drawn
                  else f"history: {metric} per epoch (mean over seeds, band = min-max)")
 
@@ -484,6 +486,8 @@ def _draw_train_loss(ax, groups: Mapping[str, Sequence[Run]], colors: Mapping) -
     if twin is None:
         return False
     twin.set_yscale("log")
+    twin.yaxis.set_major_formatter(LogFormatter())
+    twin.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=True))
     twin.set_ylabel("train loss (log, dashed)")
     twin.grid(False)
     return True
@@ -691,6 +695,10 @@ class Explorer:
                 f"{frame.to_html(classes='ltkit-table', border=0)}</div>")
 
     def _figure_png(self, kept: Mapping[str, list[Run]], summary: Mapping, many: int, few: int) -> bytes:
+        with _DRAWING:
+            return self._draw_png(kept, summary, many, few)
+
+    def _draw_png(self, kept: Mapping[str, list[Run]], summary: Mapping, many: int, few: int) -> bytes:
         colors = _method_colors(list(kept))
         chosen = next((r for rs in kept.values() for r in rs if r.name == self.confusion_run.value), None)
         with matplotlib.rc_context({**plots.STYLE_RC, "figure.constrained_layout.use": False}):
@@ -780,6 +788,7 @@ def explore(runs_or_dir: Any = "runs", *, many: int = profiles.MANY_THRESHOLD, f
 
 # =========================================================================== live view of training
 LIVE_KEYS = ("many", "medium", "few", "train_loss")
+_DRAWING = threading.Lock()  # matplotlib is not thread-safe: one figure drawn at a time by ltkit's widgets
 
 
 class LiveView:
@@ -808,8 +817,18 @@ class LiveView:
 
         while not self.is_done():
             time.sleep(self.interval)
-            self.update()
+            self.update(only_if_changed=True)
         self.update()
+
+    def _stamp(self) -> tuple:
+        """What changed on disk since the last drawing (history and result files' sizes and times)."""
+        stamp = []
+        for dirs in self.run_dirs.values():
+            for run_dir in dirs:
+                for name in ("history.jsonl", "result.json"):
+                    path = Path(run_dir) / name
+                    stamp.append((path.stat().st_size, path.stat().st_mtime_ns) if path.is_file() else None)
+        return tuple(stamp)
 
     def histories(self) -> dict[str, list[list[dict]]]:
         """``{label: [history of each seed]}`` as written so far (a half-written last line is skipped)."""
@@ -823,7 +842,16 @@ class LiveView:
                     out[label].append([])
         return out
 
-    def update(self) -> None:
+    def update(self, only_if_changed: bool = False) -> None:
+        """Redraw from the runs' files (``only_if_changed``: not when no file changed since the last drawing)."""
+        with _DRAWING:  # the follow thread and the kernel's thread may both redraw
+            self._update(only_if_changed)
+
+    def _update(self, only_if_changed: bool) -> None:
+        stamp = self._stamp()
+        if only_if_changed and stamp == getattr(self, "_last_stamp", None):
+            return
+        self._last_stamp = stamp
         histories = self.histories()
         epochs = [max((row.get("epoch", -1) for row in h), default=-1) + 1 for hs in histories.values() for h in hs]
         finished = sum((Path(d) / "result.json").is_file() for dirs in self.run_dirs.values() for d in dirs)
@@ -844,8 +872,10 @@ class LiveView:
                     _draw_live_curves(ax, seeds, key, colors[label], label)
                 ax.set_title(f"{key} accuracy (%)" if key != "train_loss" else "training loss")
                 ax.set_xlabel("epoch")
-                if key == "train_loss":
+                if key == "train_loss":  # plain tick labels: mathtext is not safe to draw from two threads
                     ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(LogFormatter())
+                    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=True))
             legend_ax = list(fig.axes)[4]
             handles, labels = fig.axes[0].get_legend_handles_labels()
             legend_ax.legend(handles, labels, loc="center left", frameon=False, title="method (bold: mean over seeds)")

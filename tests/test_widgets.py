@@ -291,7 +291,8 @@ def test_a_background_grid_updates_its_live_view_and_wait_returns_the_foreground
     """The cell returns at once; the view redraws as epochs finish; wait() gives what a foreground grid gives."""
     methods = {"CE": {}, "BS": dict(loss="bs")}
     grid = dict(base="digits-lt", model="mlp", epochs=6, eval_every=2, threads=1, progress=False)
-    job = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "bg"), workers=2, background=True, **grid)
+    job = launch.run_grid(methods, (0, 1), out_dir=str(tmp_path / "bg"), workers=2, background=True, interval=0.5,
+                          **grid)
     assert not job.done  # returned while training
     view = job.view
     bundle = job._repr_mimebundle_()
