@@ -824,16 +824,21 @@ def leaderboard_records(folder: str | Path, seeds: Sequence[int] | None = None, 
     from . import demo
 
     seeds = list(demo.SEEDS if seeds is None else seeds)
+    lineup = demo.leaderboard_methods(dataset, folder)
+    how = (f"train them with `python -m ltkit demo --datasets {dataset}` (from the folder holding runs/), or unpack "
+           "pre-built runs (python -m ltkit unpack-runs)")
+    if not Path(folder).is_dir():
+        return {}, [f"none of the kit's {len(lineup)} methods: there is no folder {folder}; {how}."]
     found, missing = {}, []
-    for label in demo.leaderboard_methods(dataset, folder):
+    for label in lineup:
         records, why = find_runs(folder, label, {}, seeds, base=dataset, fields=PROTOCOL_FIELDS, **common)
         if records is None:
             missing.append(f"{label}: {why}")
         else:
             found[label] = records
-    notes = [f"{len(found)} of the kit's methods found in {folder} ({len(seeds)} seeds each)"]
+    notes = [f"{len(found)} of the kit's {len(lineup)} methods found in {folder} ({len(seeds)} seeds each)"]
     if missing:
-        notes.append(f"not on the board ({len(missing)}): " + "; ".join(missing))
+        notes.append(f"not on the board ({len(missing)}): " + "; ".join(missing) + f". To add them, {how}.")
     return found, notes
 
 
@@ -841,7 +846,7 @@ def train_method(method: type | str, *, label: str | None = None, overrides: dic
                  baseline: str = "CE", baseline_overrides: dict | None = None, seeds: Sequence[int] | None = None,
                  base: str = "digits-lt", out_dir: str | Path = "runs", reuse_from: Sequence[str | Path] = (),
                  workers: int = 1, nproc: int = 1, check: bool = True, progress: bool = True,
-                 **common: Any) -> dict[str, list[dict]]:
+                 background: bool = False, **common: Any) -> "dict[str, list[dict]] | launch.GridJob":
     """Train ``method`` and its baseline for every seed under the ``base`` preset's protocol; ``{label: records}``.
 
     * ``method``: the class (or its registered name); ``overrides``: its other config
@@ -859,6 +864,10 @@ def train_method(method: type | str, *, label: str | None = None, overrides: dic
       notebook cell is found); more workers or processes import the definitions of its
       cell from a module file (:func:`export_method`, written under ``out_dir/methods``).
     * ``check``: run :func:`check_method` first and stop on a failed check.
+    * ``background=True``: check, find the baseline, then return a :class:`ltkit.launch.GridJob`
+      at once: the runs train in a background thread (and its worker processes);
+      displaying the job shows the live view of both methods, ``job.wait()`` returns the
+      records (the same as a foreground call).
     """
     from . import demo
 
@@ -886,24 +895,35 @@ def train_method(method: type | str, *, label: str | None = None, overrides: dic
             raise checks.InputError(f"baseline {baseline!r} is not one of ltkit.demo.LOSS_BASELINES "
                                     f"({', '.join(demo.LOSS_BASELINES)}): pass baseline_overrides=dict(loss=...).")
         baseline_overrides = demo.LOSS_BASELINES[baseline]
-    records: dict[str, list[dict]] = {}
+    reused = None
     for folder in reuse_from:
-        found, note = find_runs(folder, baseline, baseline_overrides, seeds, base=base, **common)
-        if found is not None:
+        reused, note = find_runs(folder, baseline, baseline_overrides, seeds, base=base, **common)
+        if reused is not None:
             print(f"baseline: {note}", flush=True)
-            records[baseline] = found
             break
-    if baseline not in records:
-        records.update(launch.run_grid({baseline: baseline_overrides}, seeds, base=base, out_dir=str(out_dir),
-                                       workers=workers, nproc=nproc, progress=progress, **common))
     configs = [_grid_config(base, label, seed, overrides, {**common, "out_dir": str(out_dir)}) for seed in seeds]
-    if method_workers == 1 and nproc == 1:
-        records.update(launch.run_grid({label: overrides}, seeds, base=base, out_dir=str(out_dir), workers=1,
-                                       progress=progress, **common))
-    else:
-        module = export_method(cls, Path(out_dir) / "methods")
-        records[label] = _train_exported(configs, str(module), method_workers, nproc, progress, label)
-    return {baseline: records[baseline], label: records[label]}
+    module = None if method_workers == 1 and nproc == 1 else export_method(cls, Path(out_dir) / "methods")
+    bars = progress and not background
+
+    def work() -> dict[str, list[dict]]:
+        if reused is not None:
+            base_records = reused
+        else:
+            base_records = launch.run_grid({baseline: baseline_overrides}, seeds, base=base, out_dir=str(out_dir),
+                                           workers=workers, nproc=nproc, progress=bars, **common)[baseline]
+        if module is None:
+            mine = launch.run_grid({label: overrides}, seeds, base=base, out_dir=str(out_dir), workers=1,
+                                   progress=bars, **common)[label]
+        else:
+            mine = _train_exported(configs, str(module), method_workers, nproc, bars, label)
+        return {baseline: base_records, label: mine}
+
+    if not background:
+        return work()
+    base_dirs = ([Path(r["dir"]) for r in reused] if reused is not None else
+                 [Path(out_dir) / f"{runs.safe_name(baseline)}-s{seed}" for seed in seeds])
+    return launch.GridJob(work, {baseline: base_dirs, label: [Path(c.out_dir) / c.run_name() for c in configs]},
+                          interval=2.0)
 
 
 def _train_exported(configs: list[train.TrainConfig], module: str, workers: int, nproc: int, progress: bool,
