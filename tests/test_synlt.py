@@ -240,6 +240,14 @@ def test_a_warm_start_reaches_the_same_plan_in_fewer_iterations():
     start = cache.get(torch.tensor([3, 4]))
     torch.testing.assert_close(start[0], first.log_v[1].nan_to_num(0.0, neginf=0.0))
     assert bool((start[1] == 0).all())  # unknown cloud: a cold start
+    # grouped_sinkhorn_cost keeps only converged potentials: an unconverged one can be a worse start than none
+    x, y = _clouds()
+    groups, mass, warm = torch.zeros(7, dtype=torch.long), torch.full((1, 11), 1 / 11, dtype=torch.float64), \
+        lot.DualCache(1, 11, dtype=torch.float64)
+    lot.grouped_sinkhorn_cost(x, groups, y[None], mass, gamma=0.01, max_iter=2, tol=1e-9, scale="none", warm=warm)
+    assert not bool(warm.known[0])
+    lot.grouped_sinkhorn_cost(x, groups, y[None], mass, gamma=0.01, max_iter=5000, tol=1e-9, scale="none", warm=warm)
+    assert bool(warm.known[0])
 
 
 def test_autodiff_through_the_batched_solver_matches_finite_differences():

@@ -402,10 +402,13 @@ class DualCache:
             return None
         return torch.where(self.known[clouds, None], self.log_v[clouds], 0.0)
 
-    def put(self, clouds: Tensor, log_v: Tensor) -> None:
+    def put(self, clouds: Tensor, log_v: Tensor, keep: Tensor | None = None) -> None:
+        """Store the potentials of the problems against ``clouds``; ``keep`` (bool per problem): only those
+        (the others are forgotten: the next problem against them starts cold)."""
+        keep = torch.ones(len(clouds), dtype=torch.bool, device=log_v.device) if keep is None else keep
         finite = torch.isfinite(log_v)
-        self.log_v[clouds] = torch.where(finite, log_v, 0.0).to(self.log_v.dtype)
-        self.known[clouds] = True
+        self.log_v[clouds] = torch.where(finite & keep[:, None], log_v, 0.0).to(self.log_v.dtype)
+        self.known[clouds] = keep.to(self.known.device)
 
 
 
@@ -453,7 +456,8 @@ def grouped_sinkhorn_cost(x: Tensor, groups: Tensor, clouds: Tensor, cloud_mass:
     :math:`\\langle P_k, C_k\\rangle / s_k` is in those units (``"none"``: raw units,
     absolute ``gamma``).  Sinkhorn stops when the L1 marginal error of every plan is
     at most ``tol`` (or after ``max_iter`` iterations); the error reached is
-    returned.  ``warm``: a :class:`DualCache` to start from and update.
+    returned.  ``warm``: a :class:`DualCache` to start from and update (with the
+    potentials of the problems that reached ``tol``).
     """
     check_gamma(gamma)
     check_solver(max_iter, tol)
@@ -492,8 +496,8 @@ def grouped_sinkhorn_cost(x: Tensor, groups: Tensor, clouds: Tensor, cloud_mass:
         c = c / scales[:, None, None]
         init = warm.get(present) if warm is not None else None
         solved = sinkhorn_batch(c, a, b, gamma, max_iter=max_iter, tol=tol, init=init, grad=grad)
-    if warm is not None:
-        warm.put(present, solved.log_v)
+    if warm is not None:  # only converged potentials are a good start (an unconverged one can be worse than none)
+        warm.put(present, solved.log_v, keep=solved.marginal_error <= tol)
     if envelope:
         costs = _linear_cost(x, inverse, rank, targets, solved.plan, cost) / scales
     else:
