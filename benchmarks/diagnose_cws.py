@@ -11,12 +11,11 @@ training images and their backgrounds (1: the sub-classes *are* the backgrounds)
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
-from ltkit import context_analysis, launch, runs
+from ltkit import context_analysis, launch
 from ltkit.context_digits import load_context_digits_lt
 from ltkit.methods import cws
 

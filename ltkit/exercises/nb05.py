@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import close_to, exercise, right, same_numbers, wrong
+from . import close_to, exercise, right, wrong
 from ..methods import cws
 
 
