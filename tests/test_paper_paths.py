@@ -28,7 +28,8 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PARAMETERS_MARK = "# ---- parameters ----"
 REHEARSAL = dict(max_steps=2, max_test_images=40, num_workers=0, eval_every=1000, checkpoint_every=1000)
 # The notebooks whose paper-scale path follows the parameters-cell contract (the others join as they do).
-PAPER_NOTEBOOKS = ["02_sampling_and_losses", "03_cmo", "04_sinkhorn_matching", "05_classwise_splitting", "06_feedback_guidance", "08_your_method"]
+PAPER_NOTEBOOKS = ["02_sampling_and_losses", "03_cmo", "04_sinkhorn_matching", "05_classwise_splitting", "06_feedback_guidance", "07_results_explorer",
+                   "08_your_method"]
 
 
 def _write_split_tree(root: Path, train_file: str, test_file: str, num_classes: int) -> None:
