@@ -18,13 +18,14 @@ from __future__ import annotations
 import html
 import importlib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 __all__ = ["Feedback", "Exercise", "exercise", "check", "show", "solution", "all_exercises", "right", "wrong",
-           "close_to", "same_numbers"]
+           "close_to", "same_numbers", "is_number", "numbers_in"]
 
 NOTEBOOK_MODULES = ("nb01", "nb02", "nb03", "nb04", "nb05", "nb06", "nb07", "nb08")
 
@@ -135,6 +136,23 @@ def solution(id: str) -> _Markdown:
     """The worked solution of exercise ``id``."""
     ex = _get(id)
     return _Markdown(f"**Solution {ex.id}.** {ex.solution}")
+
+
+# =========================================================================== reading answers
+def is_number(value: Any) -> bool:
+    """A real number (``True`` / ``False`` are not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def numbers_in(answer: Any) -> list[float] | None:
+    """``answer`` as a list of finite floats, or ``None`` when it is not a sequence of numbers."""
+    if isinstance(answer, (str, bytes, dict)) or not hasattr(answer, "__iter__"):
+        return None
+    try:
+        values = [float(v) for v in answer]
+    except (TypeError, ValueError):
+        return None
+    return values if all(math.isfinite(v) for v in values) else None
 
 
 # =========================================================================== small comparisons

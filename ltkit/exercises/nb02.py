@@ -7,20 +7,15 @@ the kit if a sampler or a loss ever changes.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
 from .. import losses, sampling
-from . import Feedback, exercise, right, same_numbers, wrong
+from . import exercise, Feedback, is_number, right, same_numbers, wrong
 
 __all__: list[str] = []
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- 02.1
@@ -52,7 +47,7 @@ def _sqrt_probabilities() -> list[float]:
     answer=_sqrt_probabilities,
 )
 def check_sqrt_probabilities(answer: Any) -> Feedback:
-    if _is_number(answer) or isinstance(answer, str):
+    if is_number(answer) or isinstance(answer, str):
         return wrong(f"give one probability per class, two numbers such as [0.5, 0.5]; you gave {answer!r}.")
     values = np.asarray(list(answer), dtype=float)
     if values.shape != (2,):
@@ -98,7 +93,7 @@ def _effective_number() -> float:
     answer=_effective_number,
 )
 def check_effective_number(answer: Any) -> Feedback:
-    if not _is_number(answer):
+    if not is_number(answer):
         return wrong(f"give E(1000) as one number, e.g. answer = 500.0; you gave {answer!r} "
                      f"({type(answer).__name__}).")
     value, truth = float(answer), _effective_number()

@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..methods import cmo
-from . import Feedback, exercise, right, same_numbers, wrong
+from . import exercise, Feedback, is_number, numbers_in, right, same_numbers, wrong
 
 __all__: list[str] = []
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _numbers(answer: Any) -> list[float] | None:
-    """``answer`` as a list of finite floats, or ``None`` when it is not a sequence of numbers."""
-    if isinstance(answer, (str, bytes, dict)) or not hasattr(answer, "__iter__"):
-        return None
-    try:
-        values = [float(v) for v in answer]
-    except (TypeError, ValueError):
-        return None
-    return values if all(math.isfinite(v) for v in values) else None
 
 
 # --------------------------------------------------------------------------- 03.1
@@ -69,10 +53,10 @@ def _box_lambdas(rule: str = "reference") -> list[float]:
     answer=_box_lambdas,
 )
 def check_box_lambdas(answer: Any) -> Feedback:
-    if _is_number(answer):
+    if is_number(answer):
         return wrong(f"give two values of λ, one per draw (a) and (b), e.g. [0.8, 0.7]; you gave one number, "
                      f"{answer}.")
-    values = _numbers(answer)
+    values = numbers_in(answer)
     if values is None:
         return wrong(f"give a list of two numbers, λ for (a) and λ for (b); {answer!r} is not one.")
     if len(values) != 2:
@@ -141,11 +125,11 @@ def _q_sample_r1() -> list[float]:
 )
 def check_q_sample(answer: Any) -> Feedback:
     counts = _context_counts()
-    if _is_number(answer):
+    if is_number(answer):
         if math.isclose(float(answer), 0.1, rel_tol=1e-3):
             return wrong("right value, but give the whole list: ten probabilities, one per class, head first.")
         return wrong("give ten probabilities, one per class (head first), not a single number.")
-    values = _numbers(answer)
+    values = numbers_in(answer)
     if values is None:
         return wrong(f"give a list of ten probabilities, one per class, head first; {answer!r} is not one.")
     if len(values) != len(counts):

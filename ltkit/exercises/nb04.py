@@ -9,7 +9,6 @@ measured diagnosis ``notebooks/results/diagnose_synlt_context-digits-lt.txt`` (0
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import ot
@@ -17,23 +16,9 @@ import torch
 
 from ..methods import ot as lot
 from ..methods import synlt
-from . import Feedback, close_to, exercise, right, wrong
+from . import close_to, exercise, Feedback, is_number, numbers_in, right, wrong
 
 __all__: list[str] = []
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _numbers(answer: Any) -> list[float] | None:
-    if isinstance(answer, (str, bytes, dict)) or not hasattr(answer, "__iter__"):
-        return None
-    try:
-        values = [float(v) for v in answer]
-    except (TypeError, ValueError):
-        return None
-    return values if all(math.isfinite(v) for v in values) else None
 
 
 # --------------------------------------------------------------------------- 04.1
@@ -65,9 +50,9 @@ def _acceptance(cases=ACCEPT_CASES) -> list[float]:
     answer=_acceptance,
 )
 def check_acceptance(answer: Any) -> Feedback:
-    if _is_number(answer):
+    if is_number(answer):
         return wrong(f"give three probabilities, one per case (a), (b), (c); you gave one number, {answer}.")
-    values = _numbers(answer)
+    values = numbers_in(answer)
     if values is None:
         return wrong(f"give a list of three numbers, the probabilities of (a), (b) and (c); {answer!r} is not one.")
     if len(values) != 3:
@@ -116,7 +101,7 @@ def _exact_ot() -> float:
     answer=_exact_ot,
 )
 def check_exact_ot(answer: Any) -> Feedback:
-    if not _is_number(answer) and not (hasattr(answer, "item") and getattr(answer, "ndim", 1) == 0):
+    if not is_number(answer) and not (hasattr(answer, "item") and getattr(answer, "ndim", 1) == 0):
         return wrong(f"give one number, the exact OT cost; {answer!r} is not one.")
     value, truth = float(answer), _exact_ot()
     if value < 0:
@@ -158,7 +143,7 @@ def _delta_few() -> float:
     answer=_delta_few,
 )
 def check_delta_few(answer: Any) -> Feedback:
-    if not _is_number(answer):
+    if not is_number(answer):
         return wrong(f"give one number, Syn-LT's few-group accuracy minus CE's, in points; {answer!r} is not one.")
     value, truth = float(answer), _delta_few()
     if math.isclose(value, -truth, abs_tol=0.15):

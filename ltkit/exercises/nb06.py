@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import exercise, right, same_numbers, wrong
+from . import exercise, numbers_in, right, same_numbers, wrong
 from ..methods import diffusion, feedback
 
 
@@ -17,16 +17,6 @@ def _digits_counts() -> list[int]:
     from ..data import load_digits_lt
 
     return list(load_digits_lt().class_counts)
-
-
-def _as_numbers(answer: Any) -> list[float] | None:
-    if isinstance(answer, (str, bytes)) or not hasattr(answer, "__iter__"):
-        return None
-    try:
-        values = [float(v) for v in answer]
-    except (TypeError, ValueError):
-        return None
-    return values if all(math.isfinite(v) for v in values) else None
 
 
 # =========================================================================== 06.1
@@ -53,7 +43,7 @@ def check_fill_counts(answer: Any) -> Any:
         if math.isclose(float(answer), sum(truth)):
             return wrong(f"{sum(truth)} is the total; give the list of the ten per-class counts, head first.")
         return wrong("give a list of ten numbers, one per class (head first), not a single number.")
-    values = _as_numbers(answer)
+    values = numbers_in(answer)
     if values is None:
         return wrong("give a list of ten whole numbers, one fill count per class, head first.")
     if len(values) != len(counts):

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import profiles, sampling, stats
-from . import Feedback, exercise, right, wrong
+from . import exercise, Feedback, is_number, right, wrong
 
 __all__: list[str] = []
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------- 08.1
@@ -61,7 +56,7 @@ def _few_share(power: float = 1.0) -> float:
     answer=_few_share,
 )
 def check_few_share(answer: Any) -> Feedback:
-    if not _is_number(answer):
+    if not is_number(answer):
         return wrong(f"give one number between 0 and 1 (the fraction of extra images from the few-shot classes); "
                      f"you gave {answer!r} ({type(answer).__name__}).")
     value, truth = float(answer), _few_share()
@@ -123,10 +118,10 @@ def _paired() -> tuple[float, float]:
     answer=_paired,
 )
 def check_paired(answer: Any) -> Feedback:
-    if _is_number(answer) or isinstance(answer, str):
+    if is_number(answer) or isinstance(answer, str):
         return wrong(f"give two numbers, answer = (mean_difference, p_value); you gave {answer!r}.")
     values = list(answer)
-    if len(values) != 2 or not all(_is_number(v) for v in values):
+    if len(values) != 2 or not all(is_number(v) for v in values):
         return wrong(f"give exactly two numbers, (mean difference in points, p-value); you gave {values!r}.")
     mean, p = (float(v) for v in values)
     true_mean, true_p = _paired()
