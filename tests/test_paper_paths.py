@@ -65,6 +65,16 @@ def _rehearsal_cell(paper_data: dict[str, str], runs_dir: Path) -> nbformat.Note
     return nbformat.v4.new_code_cell(source)
 
 
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_the_parameters_cell_is_marked_and_tagged_for_papermill(path):
+    """One parameters cell, marked for readers and tagged ``parameters`` for papermill and tests/test_browser.py."""
+    notebook = nbformat.read(path, as_version=4)
+    marked = [i for i, cell in enumerate(notebook.cells)
+              if cell.cell_type == "code" and cell.source.lstrip().startswith(PARAMETERS_MARK)]
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(marked) == 1 and marked == tagged, f"{path.name}: marked cells {marked}, tagged cells {tagged}"
+
+
 @pytest.mark.parametrize("name", PAPER_NOTEBOOKS)
 def test_the_paper_scale_path_runs(name, paper_data, tmp_path):
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
