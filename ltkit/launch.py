@@ -91,6 +91,9 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     new epochs every ``interval`` seconds and redraws only when a run's files changed.
     """
     jobs = _grid_jobs(methods, seeds, base, common)  # every config is checked before the first run starts
+    note = reuse_note([_run_dir(config) for _, _, config in jobs]) if progress else None
+    if note:
+        print(note)
     if background:
         return GridJob(lambda: run_grid(methods, seeds, base=base, nproc=nproc, workers=workers, progress=False,
                                         **common), {label: [_run_dir(c) for lb, _, c in jobs if lb == label]
@@ -124,6 +127,22 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
                 raise
     bar.close()
     return {label: [done[label, seed] for seed in seeds] for label in methods}
+
+
+def reuse_note(run_dirs: Sequence[Path]) -> str | None:
+    """One line on the finished runs a grid reuses instead of training: how many, how many came pre-built
+    (unpacked from a runs archive, :func:`ltkit.room.unpack_runs`), and how to train them yourself."""
+    from .room import prebuilt_runs
+
+    finished = [Path(d) for d in run_dirs if (Path(d) / "result.json").is_file()]
+    if not finished:
+        return None
+    folders = sorted({d.parent.as_posix() for d in finished})
+    prebuilt = {p.resolve() for folder in folders for p in prebuilt_runs(folder)}
+    from_archive = sum(d.resolve() in prebuilt for d in finished)
+    origin = f" ({from_archive} pre-built, from a runs archive)" if from_archive else ""
+    return (f"using {len(finished)} of {len(run_dirs)} runs already finished in {', '.join(folders)}/{origin}; "
+            f"delete a run's folder (e.g. {finished[0].as_posix()}) to train it yourself")
 
 
 def _grid_jobs(methods: dict[str, Overrides], seeds: Sequence[int], base: str,

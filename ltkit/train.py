@@ -29,7 +29,7 @@ Design
   ``step`` (multiplied by ``step_gamma`` at every milestone passed: the
   LDAM / CMO schedule is ``0.1 → ×0.01 at 160 → ×0.0001 at 180``) or
   ``cosine``.  SGD with momentum and weight decay.
-* On a GPU: bf16 autocast, channels_last, optional ``torch.compile``.  On a CPU
+* channels_last weights.  On a GPU: bf16 autocast, optional ``torch.compile``.  On a CPU
   with native bf16 (AVX512-BF16 or AMX), ``cpu_amp=True`` turns bf16 autocast on
   there too: ResNet-32 trains about 1.9x faster on such a CPU (off by default,
   so that CPU results stay fp32).
@@ -132,7 +132,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default); 1 is fastest for tiny models
     amp: bool = True  # bf16 autocast on GPU
     cpu_amp: bool = False  # bf16 autocast on CPU too (with amp; fast on CPUs with AVX512-BF16 / AMX)
-    channels_last: bool = True  # on GPU
+    channels_last: bool = True  # conv weights in NHWC (faster on CPU and GPU)
     compile: bool = False
     sync_bn: bool | None = None  # synchronised batch norm across processes; None: on when world size > 1
     deterministic: bool = True
@@ -762,7 +762,10 @@ def build_model(config: TrainConfig, data, loss_fn: losses.LTLoss) -> nn.Module:
         channels, size, _ = data.image_shape
         params.setdefault("in_channels", channels)
         params.setdefault("image_size", size)
-    return models.make_model(config.model, data.num_classes, **params)
+    model = models.make_model(config.model, data.num_classes, **params)
+    # channels_last: ~20 % faster convolutions on CPU (oneDNN) and on GPU tensor cores; the results differ from the
+    # default layout only by float summation order
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
 def _set_determinism(config: TrainConfig) -> None:
@@ -836,8 +839,6 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
     loss_fn.check_targets = False  # the labels are checked once, below
     torch.manual_seed(config.seed)
     model = build_model(config, data, loss_fn).to(device)
-    if config.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     method = make_method(config.method, dict(config.method_params))
     ctx = Context(config, data, counts, model, loss_fn, None, device, rank, world, run_dir=run_dir)
     if isinstance(data, ltdata.TensorData):

@@ -323,8 +323,32 @@ METHOD_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22
 METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 
 
+# The leaderboard's labels keep one colour in every figure (live view, explorer, any notebook); other labels
+# take the next free colour in the order this process first draws them.
+_COLOR_OF: dict[str, str] = {}
+_KIT_LABELS = ("CE", "CE-DRW", "LDAM-DRW", "BS", "LA (post hoc)", "CE + CMO", "BS + CMO", "CWS", "Syn-LT",
+               "BS + feedback fill (loss)")
+
+
 def _method_colors(labels: Sequence[str]) -> dict[str, str]:
-    return {label: METHOD_COLORS[i % len(METHOD_COLORS)] for i, label in enumerate(labels)}
+    """One colour per method label, the same wherever the label is drawn."""
+    if not _COLOR_OF:
+        _COLOR_OF.update(zip(_KIT_LABELS, METHOD_COLORS))
+    for label in labels:
+        if label not in _COLOR_OF:
+            _COLOR_OF[label] = METHOD_COLORS[len(_COLOR_OF) % len(METHOD_COLORS)]
+    return {label: _COLOR_OF[label] for label in labels}
+
+
+def _figure_style():
+    """The kit's style for a figure drawn here; from a background thread, the current one: ``rc_context``
+    changes the process's global settings, which would restyle the notebook's own figures drawn meanwhile."""
+    import contextlib
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+    return matplotlib.rc_context(plots.STYLE_RC)
 
 
 def _shade_groups(ax, counts: np.ndarray, many: int, few: int) -> None:
@@ -389,8 +413,9 @@ def draw_group_bars(ax, groups: Mapping[str, Sequence[Run]], summary: Mapping, c
             ax.scatter(pos, [seed[k] * 100 for k in GROUP_KEYS], s=6, color="black", zorder=3)
     counts = next((r.class_counts for rs in groups.values() for r in rs if r.finished), None)
     sizes = profiles.group_sizes(counts, many, few) if counts else {}
-    ticks = [f"{k}\n({sizes[k]} classes)" if k in sizes else k for k in GROUP_KEYS]
-    ax.set_xticks(x, ticks)
+    ax.set_xticks(x, [f"{k}\n({sizes[k]})" if k in sizes else k for k in GROUP_KEYS])
+    if sizes:
+        ax.set_xlabel("group (number of classes)")
     for k, xi in zip(GROUP_KEYS, x):
         if sizes.get(k) == 0:
             ax.text(xi, 2, "no class", ha="center", color="grey")
@@ -541,7 +566,7 @@ class Explorer:
         self.refresh_button = widgets.Button(description="refresh", icon="refresh",
                                              tooltip="re-read the runs folder (runs still being written)")
         self.message = widgets.HTML()
-        self.table = widgets.HTML()
+        self.table = widgets.HTML(layout=widgets.Layout(width="100%", overflow="auto"))  # wide tables scroll
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
         controls = widgets.VBox([self.many, self.few, self.sort, self.confusion_run, self.history_metric,
                                  self.refresh_button])
@@ -701,8 +726,8 @@ class Explorer:
     def _draw_png(self, kept: Mapping[str, list[Run]], summary: Mapping, many: int, few: int) -> bytes:
         colors = _method_colors(list(kept))
         chosen = next((r for rs in kept.values() for r in rs if r.name == self.confusion_run.value), None)
-        with matplotlib.rc_context({**plots.STYLE_RC, "figure.constrained_layout.use": False}):
-            fig = Figure(figsize=(13, 10), dpi=self.dpi)
+        with _figure_style():
+            fig = Figure(figsize=(13, 10), dpi=self.dpi, layout="none")
             axes = fig.subplots(2, 2)
             draw_per_class(axes[0, 0], kept, colors, many, few)
             draw_group_bars(axes[0, 1], kept, summary, colors, many, few)
@@ -751,7 +776,7 @@ def pictured(widget: widgets.Widget, figure: Any) -> Any:
 
 _TABLE_STYLE = ("<style>.ltkit-table th, .ltkit-table td {padding: 2px 12px; text-align: right;} "
                 ".ltkit-table tbody tr:nth-child(odd) {background: rgba(127, 127, 127, 0.08);} "
-                ".ltkit-table td {white-space: nowrap;}</style>")
+                ".ltkit-table td, .ltkit-table th {white-space: nowrap;}</style>")
 
 
 def _data_key(rs: Run | Sequence[Run]) -> tuple | None:
@@ -864,8 +889,8 @@ class LiveView:
 
     def _figure_png(self, histories: Mapping[str, list[list[dict]]]) -> bytes:
         colors = _method_colors(list(histories))
-        with matplotlib.rc_context({**plots.STYLE_RC, "figure.constrained_layout.use": False}):
-            fig = Figure(figsize=(13, 7.5), dpi=self.dpi)
+        with _figure_style():
+            fig = Figure(figsize=(13, 7.5), dpi=self.dpi, layout="none")
             axes = fig.subplots(2, 3).flat
             for ax, key in zip(axes, LIVE_KEYS):
                 for label, seeds in histories.items():

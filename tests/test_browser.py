@@ -6,7 +6,9 @@ overridden for speed (2 seeds, 3 methods; papermill-style: one
 injected cell after the cell tagged ``parameters``), opens it in Debian's
 Chromium through Playwright, runs every cell from the Run menu, checks that
 the explorer's widgets rendered, moves the *many* threshold from 100 to 50
-and checks that the classes moved group and the chart was redrawn, saves a
+*while a grid trains in the background* (a cell appended to the copy) and
+checks that the classes moved group and the chart was redrawn before that
+grid finished, waits for the grid's live view to report it finished, saves a
 screenshot (its path is printed; ``pytest -s`` shows it) and shuts
 JupyterLab down.
 
@@ -33,6 +35,10 @@ import pytest
 CHROMIUM = os.environ.get("LTKIT_CHROMIUM", "/usr/bin/chromium")
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "07_results_explorer.ipynb"
 QUICK_PARAMETERS = 'SEEDS = [0, 1]\nONLY = ["CE", "BS", "LA (post hoc)"]'
+# Appended after the explorer: a grid that keeps training (two worker processes) while the test uses the explorer.
+BACKGROUND_GRID = ('background = launch.run_grid({"CE (long)": dict(loss="ce", epochs=800)}, [7, 8], base=DATASET,\n'
+                   '                             out_dir=OUT + "-background", workers=2, background=True, interval=1)\n'
+                   'background')
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
                   "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 
@@ -56,6 +62,10 @@ CHART_LOADED = """() => {
     const img = document.querySelector('.ltkit-explorer img');
     return img !== null && img.complete && img.naturalWidth > 500;
 }"""
+LIVE_VIEW_SAYS = """(word) => {
+    const live = document.querySelector('.ltkit-live');
+    return live !== null && live.innerText.includes(word);
+}"""
 TABLE_AND_CHART_UPDATED = """([text, oldSrc]) => {
     const table = document.querySelector('.ltkit-explorer .ltkit-explorer-table');
     const img = document.querySelector('.ltkit-explorer img');
@@ -77,6 +87,8 @@ def quick_copy(folder: Path) -> Path:
     injected = nbformat.v4.new_code_cell("# injected by tests/test_browser.py: a quick run\n" + QUICK_PARAMETERS)
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(at + 1, injected)
+    nb.cells.append(nbformat.v4.new_code_cell("# injected by tests/test_browser.py: a grid training in the background\n"
+                                              + BACKGROUND_GRID))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / NOTEBOOK.name
     nbformat.write(nb, path)
@@ -194,15 +206,23 @@ def use_the_explorer(page, url: str, screenshot: Path) -> None:
     assert "many n > 100 (2 classes)" in table.inner_text()
     before = chart.get_attribute("src")
 
-    # a person moves the "many" threshold from 100 to 50: type into the slider's readout
+    # the last cell's grid trains in the background: the kernel is idle, the live view says "training"
+    wait_until(page, LIVE_VIEW_SAYS, "training", "the background grid's live view", 60)
+
+    # a person moves the "many" threshold from 100 to 50 (type into the slider's readout) while it trains
     set_slider_by_readout(explorer.locator(".widget-slider").first, 50)
     wait_until(page, TABLE_AND_CHART_UPDATED, ["many n > 50 (4 classes)", before],
                "the table to show the new groups and the chart to be redrawn", 180)
     wait_until(page, CHART_LOADED, None, "the new chart to load", 60)
     assert "many n > 50 (4 classes), medium (3), few n < 20 (3)" in table.inner_text()
     assert chart.get_attribute("src") != before
+    assert "training" in page.locator(".ltkit-live").first.inner_text(), \
+        "the background grid finished before the explorer redrew: lengthen BACKGROUND_GRID's runs"
     explorer.scroll_into_view_if_needed()
     explorer.screenshot(path=str(screenshot))
+    # no worker left behind: the live view reports the grid finished (its picture redrawn at the end)
+    wait_until(page, LIVE_VIEW_SAYS, "finished", "the background grid to finish", 600)
+    page.locator(".ltkit-live").first.screenshot(path=str(screenshot.with_name("live-view.png")))
 
 
 def wait_until(page, condition: str, arg, what: str, timeout_s: float) -> None:

@@ -112,6 +112,22 @@ def test_prebuilt_note_names_the_unpacked_runs(project: Path, tmp_path: Path):
     assert room.prebuilt_note(project / "runs") is None  # trained there, nothing unpacked
 
 
+def test_a_grid_says_which_runs_it_reuses_and_which_came_pre_built(project: Path, tmp_path: Path):
+    from ltkit import launch
+
+    room.pack_runs(tmp_path / "r.tar.gz", project)
+    dest = tmp_path / "laptop"
+    room.unpack_runs(tmp_path / "r.tar.gz", dest)
+    folder = dest / "runs/leaderboard/digits-lt"
+    _run(folder / "mine-s0", 0)  # trained here
+    grid = [folder / f"CE-s{seed}" for seed in (0, 1, 2)] + [folder / "mine-s0", folder / "todo-s0"]
+    note = launch.reuse_note(grid)
+    assert note.startswith(f"using 4 of 5 runs already finished in {folder.as_posix()}/ (3 pre-built, from a runs "
+                           "archive); delete a run's folder (e.g. ")
+    assert "(3 pre-built" not in launch.reuse_note([project / "runs/leaderboard/digits-lt/CE-s0"])
+    assert launch.reuse_note([folder / "todo-s0"]) is None  # nothing to reuse: nothing to say
+
+
 def test_unpack_twice_writes_nothing_the_second_time(project: Path, tmp_path: Path):
     room.pack_runs(tmp_path / "r.zip", project)
     room.unpack_runs(tmp_path / "r.zip", tmp_path / "d")

@@ -268,6 +268,23 @@ def test_resume_finished_and_differing_config(tmp_path, release_all):
     assert not (tmp_path / "new").exists()
 
 
+def test_a_run_recorded_before_newer_fields_existed_is_reused(tmp_path, release_all):
+    """A record written before ``decoder`` / ``sync_bn`` / ``max_steps`` existed matches their defaults."""
+    from ltkit import train
+
+    config = train.preset("digits-lt", epochs=1, seed=0, name="old", out_dir=str(tmp_path), progress=False)
+    train.fit(config)
+    path = tmp_path / "old" / "config.json"
+    record = json.loads(path.read_text())
+    for field in ("decoder", "sync_bn", "max_steps", "max_test_images", "label", "verify_checksums"):
+        record["config"].pop(field)
+    path.write_text(json.dumps(record))
+    again = train.fit(train.make_config(**{**config.to_dict(), "if_exists": "resume"}))
+    assert again["result"] == json.loads((tmp_path / "old" / "result.json").read_text())
+    with pytest.raises(checks.InputError, match=r"differs in \['decoder'\]"):  # a real difference still counts
+        train.fit(train.make_config(**{**config.to_dict(), "if_exists": "resume", "decoder": "pil"}))
+
+
 def test_resume_with_damaged_config_names_the_file(tmp_path, release_all):
     run_dir = fake_run(tmp_path / "run", result=False)
     (run_dir / "config.json").write_text('{"config": {"lr": 0.1')
