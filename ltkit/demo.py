@@ -53,6 +53,7 @@ SEEDS = (0, 1, 2, 3, 4)
 BASELINES = {"CE-DRW": "CE", "LDAM-DRW": "CE", "BS": "CE", "LA (post hoc)": "CE", "CE + CMO": "CE",
              "BS + CMO": "BS", "CWS": "CE", "Syn-LT": "CE", f"BS + feedback fill ({FEEDBACK_FILL})": "BS"}
 DATASETS = ("digits-lt", "context-digits-lt")
+AFTER = {"Syn-LT": "CE"}  # Syn-LT's classifier g is the CE run of its seed: it starts once that run has finished
 
 
 def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, launch.Overrides]:
@@ -86,9 +87,9 @@ def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = SEEDS, 
                       progress: bool = True, **common) -> dict[str, list[dict]]:
     """Train (or reuse) every method of :func:`leaderboard_methods` (or the labels ``only``) for every seed.
 
-    Returns ``{label: records}``.  Two passes of :func:`ltkit.launch.run_grid`:
-    everything that needs nothing else, then the methods that read the CE run
-    of their seed (Syn-LT; ``only`` with Syn-LT trains CE too).
+    Returns ``{label: records}``.  One :func:`ltkit.launch.run_grid`; the methods that
+    read the CE run of their seed (:data:`AFTER`: Syn-LT; ``only`` with Syn-LT trains CE
+    too) start as soon as that run has finished.
     """
     methods = leaderboard_methods(dataset, runs_dir)
     if only is not None:
@@ -96,11 +97,9 @@ def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = SEEDS, 
         if unknown:
             raise ValueError(f"not on the {dataset} line-up: {unknown}; choose from {list(methods)}.")
         methods = {label: methods[label] for label in methods if label in only or (label == "CE" and "Syn-LT" in only)}
-    needs_ce = {label: overrides for label, overrides in methods.items() if callable(overrides)}
-    grid = dict(base=dataset, out_dir=str(runs_dir), workers=workers, progress=progress, **common)
-    records = launch.run_grid({k: v for k, v in methods.items() if k not in needs_ce}, seeds, **grid)
-    records.update(launch.run_grid(needs_ce, seeds, **grid))
-    return {label: records[label] for label in methods}
+    after = {label: needed for label, needed in AFTER.items() if label in methods}
+    return launch.run_grid(methods, seeds, base=dataset, out_dir=str(runs_dir), workers=workers, progress=progress,
+                           after=after, **common)
 
 
 def show_profile(out_dir: Path) -> Path:

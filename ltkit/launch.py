@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -71,7 +71,8 @@ Overrides = dict | Callable[[int], dict]
 
 def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
              nproc: int = 1, workers: int = 1, progress: bool = True, background: bool = False,
-             interval: float = 5.0, **common: Any) -> "dict[str, list[dict]] | GridJob":
+             interval: float = 5.0, after: dict[str, str] | None = None,
+             **common: Any) -> "dict[str, list[dict]] | GridJob":
     """Train every named configuration (``{label: overrides}``) for every seed.
 
     Runs are named ``<safe label>-s<seed>`` (``"BS + CMO"`` -> ``bs-cmo-s0``; the label itself is
@@ -89,14 +90,20 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     responsive; displaying the job shows a live view of the curves by group, and
     ``job.wait()`` returns the same records as a foreground call.  The view looks for
     new epochs every ``interval`` seconds and redraws only when a run's files changed.
+
+    ``after={"Syn-LT": "CE"}``: a Syn-LT run starts only once the CE run of its seed has
+    finished (its overrides read that run).  With ``workers > 1`` such a run starts as
+    soon as its baseline is done, ahead of the runs that need nothing, so the workers
+    stay busy and the long dependent runs do not all wait for the end of the grid.
     """
-    jobs = _grid_jobs(methods, seeds, base, common)  # every config is checked before the first run starts
+    after = _check_after(after or {}, methods)
+    jobs = _order_jobs(_grid_jobs(methods, seeds, base, common), after)  # every config is checked first
     note = reuse_note([_run_dir(config) for _, _, config in jobs]) if progress else None
     if note:
         print(note)
     if background:
         return GridJob(lambda: run_grid(methods, seeds, base=base, nproc=nproc, workers=workers, progress=False,
-                                        **common), {label: [_run_dir(c) for lb, _, c in jobs if lb == label]
+                                        after=after, **common), {label: [_run_dir(c) for lb, _, c in jobs if lb == label]
                                                     for label in methods}, interval=interval)
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1.")
@@ -114,19 +121,51 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
             bar.update()
     if parallel:
         pending = [(label, seed, config) for label, seed, config in jobs if (label, seed) not in done]
-        context = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
-        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
-            futures = {pool.submit(train.fit, config): (label, seed) for label, seed, config in pending}
-            try:
-                for future in as_completed(futures):
-                    done[futures[future]] = future.result()
-                    bar.set_postfix_str("{}, seed {}".format(*futures[future]))
-                    bar.update()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, the rest never start
-                raise
+        _train_in_workers(pending, done, after, workers, bar)
     bar.close()
     return {label: [done[label, seed] for seed in seeds] for label in methods}
+
+
+def _check_after(after: dict[str, str], methods: dict[str, Overrides]) -> dict[str, str]:
+    for label, needed in after.items():
+        if label not in methods or needed not in methods:
+            missing = label if label not in methods else needed
+            raise ValueError(f"after={after!r}: {missing!r} is not a label of the grid ({list(methods)}).")
+        if needed in after:
+            raise ValueError(f"after={after!r}: {needed!r} waits for {after[needed]!r} itself; "
+                             "one level of waiting only: train the chain in two grids.")
+    return after
+
+
+def _order_jobs(jobs: list, after: dict[str, str]) -> list:
+    """Runs that wait for another one come after everything else (the order of a sequential grid)."""
+    return [job for job in jobs if job[0] not in after] + [job for job in jobs if job[0] in after]
+
+
+def _train_in_workers(pending: list, done: dict, after: dict[str, str], workers: int, bar) -> None:
+    """Train ``pending`` in ``workers`` spawned processes, at most ``workers`` runs handed out at a time: a run
+    whose baseline (``after``) has finished goes first, so that a long dependent run never waits for the end."""
+    context = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
+    with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
+        running: dict = {}
+        try:
+            while pending or running:
+                ready = [job for job in pending if (after.get(job[0]), job[1]) in done or job[0] not in after]
+                ready.sort(key=lambda job: job[0] not in after)  # unblocked dependent runs first
+                if not ready and not running:
+                    raise RuntimeError(f"runs waiting for a baseline that is not in the grid: {pending[:3]}")
+                for job in ready[:workers - len(running)]:
+                    pending.remove(job)
+                    running[pool.submit(train.fit, job[2])] = job[:2]
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    key = running.pop(future)
+                    done[key] = future.result()
+                    bar.set_postfix_str("{}, seed {}".format(*key))
+                    bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, the rest never start
+            raise
 
 
 def reuse_note(run_dirs: Sequence[Path]) -> str | None:

@@ -212,6 +212,34 @@ def test_run_grid_workers_give_the_same_records_as_one_process(tmp_path):
     assert again["BS"][1]["result"] == two["BS"][1]["result"]  # finished runs are reused, not retrained
 
 
+def test_run_grid_after_starts_a_dependent_run_once_its_baseline_has_finished(tmp_path):
+    """Syn-LT reads the CE run of its seed: with ``after`` it starts after that run's result exists, in the
+    workers as in one process, with the same records."""
+    from ltkit.methods import synlt
+
+    common = dict(model="mlp", augment="none", epochs=4)
+
+    def methods(out: Path) -> dict:
+        def syn_lt(seed: int) -> dict:
+            return dict(method="synlt", method_params={**synlt.QUICK_PARAMS, "g_run": str(out / f"ce-s{seed}")})
+        return {"Syn-LT": syn_lt, "CE": {}, "BS": dict(loss="bs")}  # listed first: must still wait for CE
+
+    one = launch.run_grid(methods(tmp_path / "one"), (0, 1), out_dir=str(tmp_path / "one"), after={"Syn-LT": "CE"},
+                          progress=False, **common)
+    two = launch.run_grid(methods(tmp_path / "two"), (0, 1), out_dir=str(tmp_path / "two"), after={"Syn-LT": "CE"},
+                          workers=2, progress=False, **common)
+    assert list(two) == ["Syn-LT", "CE", "BS"]
+    for seed in (0, 1):
+        assert one["Syn-LT"][seed]["result"]["per_class"] == two["Syn-LT"][seed]["result"]["per_class"]
+        started = (tmp_path / "two" / f"syn-lt-s{seed}" / "config.json").stat().st_mtime_ns
+        assert started >= (tmp_path / "two" / f"ce-s{seed}" / "result.json").stat().st_mtime_ns
+    with pytest.raises(ValueError, match="'LA' is not a label of the grid"):
+        launch.run_grid({"CE": {}}, (0,), after={"LA": "CE"}, out_dir=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="one level of waiting only"):
+        launch.run_grid({"A": {}, "B": {}, "C": {}}, (0,), after={"A": "B", "B": "C"}, out_dir=str(tmp_path),
+                        progress=False)
+
+
 def test_a_run_failing_in_a_worker_raises_its_own_error(tmp_path):
     methods = {"CE": dict(epochs=1), "never on": dict(method="cmo", epochs=2)}
     with pytest.raises(ValueError, match="would never be on"):

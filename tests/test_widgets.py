@@ -313,3 +313,39 @@ def test_a_failing_background_grid_raises_its_error_in_wait(tmp_path):
                           progress=False, model="mlp")
     with pytest.raises(ValueError, match="would never be on"):
         job.wait(timeout=120)
+
+
+def test_a_method_keeps_its_colour_in_every_figure():
+    """The live view (training order) and the explorer (ranked order) colour a label alike."""
+    live = widgets._method_colors(["CE", "BS", "my idea", "BS + CMO"])
+    ranked = widgets._method_colors(["BS + CMO", "my idea", "BS", "CE"])
+    assert live == ranked and len(set(live.values())) == 4
+    alone = widgets._method_colors(["Syn-LT"])["Syn-LT"]
+    assert widgets._method_colors(["CWS", "Syn-LT"])["Syn-LT"] == alone and alone not in live.values()
+
+
+def test_the_live_view_draws_from_a_thread_without_touching_global_settings(tmp_path):
+    import threading
+
+    import matplotlib
+
+    job = launch.run_grid({"CE": {}}, (0,), out_dir=str(tmp_path), base="digits-lt", model="mlp", epochs=2,
+                          progress=False)
+    view = widgets.LiveView({"CE": [tmp_path / "ce-s0"]})
+    before = dict(matplotlib.rcParams)
+    seen = []
+    original = matplotlib.rcParams.__setitem__
+
+    def spy(key, value):  # any write to the global settings from the drawing thread
+        if threading.current_thread() is not threading.main_thread():
+            seen.append(key)
+        original(key, value)
+
+    matplotlib.rcParams.__class__.__setitem__, restore = spy, matplotlib.rcParams.__class__.__setitem__
+    try:
+        thread = threading.Thread(target=view.update)
+        thread.start()
+        thread.join()
+    finally:
+        matplotlib.rcParams.__class__.__setitem__ = restore
+    assert job["CE"] and not seen and dict(matplotlib.rcParams) == before and view.image.value[:4] == b"\x89PNG"
