@@ -17,6 +17,8 @@ Balanced Softmax, CWS, Syn-LT (its classifier ``g`` is the CE run of the same
 seed, as in M2m), and Balanced Softmax + the feedback-guided diffusion fill.
 Logit adjustment *as a loss* is not trained: with τ = 1 it is the same loss as
 Balanced Softmax (``log_softmax(z + log π)``), so it would only repeat the BS row.
+Post-hoc logit adjustment is not trained either: it trains exactly as CE does, so its
+runs evaluate the CE runs' final weights with the adjusted rule (``weights_from``).
 The fill exists for ``digits-lt`` only: the committed generator is trained on
 the plain digits, and training one for ``context-digits-lt`` is notebook 6's
 paper-scale path, not a demo.
@@ -53,23 +55,33 @@ SEEDS = (0, 1, 2, 3, 4)
 BASELINES = {"CE-DRW": "CE", "LDAM-DRW": "CE", "BS": "CE", "LA (post hoc)": "CE", "CE + CMO": "CE",
              "BS + CMO": "BS", "CWS": "CE", "Syn-LT": "CE", f"BS + feedback fill ({FEEDBACK_FILL})": "BS"}
 DATASETS = ("digits-lt", "context-digits-lt")
-AFTER = {"Syn-LT": "CE"}  # Syn-LT's classifier g is the CE run of its seed: it starts once that run has finished
+# Syn-LT's classifier g is the CE run of its seed; LA (post hoc) evaluates that run's weights (it trains as CE
+# does, ltkit.losses.trains_as): both start once the CE run of their seed has finished
+AFTER = {"Syn-LT": "CE", "LA (post hoc)": "CE"}
 
 
 def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, launch.Overrides]:
     """``{label: overrides}`` of every method of the kit on ``dataset`` (runs under ``runs_dir``).
 
-    Syn-LT's overrides are a function of the seed: its ``g`` is ``runs_dir/ce-s<seed>``,
-    so train ``CE`` first (:func:`train_leaderboard` does).
+    Syn-LT's and LA (post hoc)'s overrides are functions of the seed: Syn-LT's ``g`` is
+    ``runs_dir/ce-s<seed>``, and LA (post hoc) evaluates that run's weights with the adjusted
+    prediction rule (``weights_from``: it trains exactly as CE, so training it again would
+    only repeat CE's run); train ``CE`` first (:func:`train_leaderboard` does, :data:`AFTER`).
     """
     from .methods import feedback, synlt
 
+    def ce_run(seed: int) -> str:
+        return str(Path(runs_dir) / f"{runs.safe_name('CE')}-s{seed}")
+
     def syn_lt(seed: int) -> dict:
-        return dict(loss="ce", method="synlt",
-                    method_params={**synlt.QUICK_PARAMS, "g_run": str(Path(runs_dir) / f"{runs.safe_name('CE')}-s{seed}")})
+        return dict(loss="ce", method="synlt", method_params={**synlt.QUICK_PARAMS, "g_run": ce_run(seed)})
+
+    def la_post_hoc(seed: int) -> dict:  # CE's weights, adjusted at prediction: evaluated, not trained again
+        return dict(loss="la-posthoc", weights_from=ce_run(seed))
 
     methods: dict[str, launch.Overrides] = {
         **LOSS_BASELINES,
+        "LA (post hoc)": la_post_hoc,
         "CE + CMO": dict(loss="ce", method="cmo"),
         "BS + CMO": dict(loss="bs", method="cmo"),
         "CWS": dict(loss="ce", method="cws"),
@@ -88,15 +100,16 @@ def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = SEEDS, 
     """Train (or reuse) every method of :func:`leaderboard_methods` (or the labels ``only``) for every seed.
 
     Returns ``{label: records}``.  One :func:`ltkit.launch.run_grid`; the methods that
-    read the CE run of their seed (:data:`AFTER`: Syn-LT; ``only`` with Syn-LT trains CE
-    too) start as soon as that run has finished.
+    read the CE run of their seed (:data:`AFTER`: Syn-LT, LA (post hoc); ``only`` with one
+    of them trains CE too) start as soon as that run has finished.
     """
     methods = leaderboard_methods(dataset, runs_dir)
     if only is not None:
         unknown = [label for label in only if label not in methods]
         if unknown:
             raise ValueError(f"not on the {dataset} line-up: {unknown}; choose from {list(methods)}.")
-        methods = {label: methods[label] for label in methods if label in only or (label == "CE" and "Syn-LT" in only)}
+        needed = {AFTER[label] for label in only if label in AFTER}  # e.g. Syn-LT's CE runs
+        methods = {label: methods[label] for label in methods if label in only or label in needed}
     after = {label: needed for label, needed in AFTER.items() if label in methods}
     return launch.run_grid(methods, seeds, base=dataset, out_dir=str(runs_dir), workers=workers, progress=progress,
                            after=after, **common)

@@ -101,6 +101,9 @@ from .checks import InputError, InputTypeError
 
 __all__ = [
     "LOSS_NAMES",
+    "POST_HOC",
+    "trains_as",
+    "is_post_hoc",
     "CB_LOSS_TYPES",
     "LTLoss",
     "CELoss",
@@ -663,8 +666,12 @@ class PostHocLogitAdjustedLoss(CELoss):
     """Post-hoc logit adjustment (Menon et al., ICLR 2021).
 
     Train with plain CE; predict with argmax_k (z_k - tau log pi_k), which
-    raises the scores of rare classes.
+    raises the scores of rare classes.  It trains as ``ce`` does (``trains_as``),
+    so a run can evaluate a CE run's weights instead of training them again
+    (``TrainConfig.weights_from``).
     """
+
+    trains_as = "ce"
 
     name = "la-posthoc"
     needs_positive_counts = True
@@ -677,6 +684,16 @@ class PostHocLogitAdjustedLoss(CELoss):
     def predict_logits(self, logits: Tensor) -> Tensor:
         self._check_logits(logits)
         return logits - self.tau * self.log_prior
+
+
+def trains_as(name: str) -> str:
+    """The loss whose training ``name`` repeats exactly (itself, except for post-hoc rules: ``la-posthoc`` -> ``ce``)."""
+    return getattr(_REGISTRY.get(name), "trains_as", None) or name
+
+
+def is_post_hoc(name: str) -> bool:
+    """Whether ``name`` only changes the prediction rule of another loss's training."""
+    return trains_as(name) != name
 
 
 # --------------------------------------------------------------------------- #
@@ -700,6 +717,7 @@ _REGISTRY: dict[str, type[LTLoss]] = {
     )
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+POST_HOC: tuple[str, ...] = tuple(name for name in LOSS_NAMES if is_post_hoc(name))  # losses that only re-predict
 
 # Parameters that moved with a change of meaning: a pointer in the error message.
 _MOVED_PARAMS: dict[tuple[str, str], str] = {

@@ -135,6 +135,9 @@ class TrainConfig:
     channels_last: bool = True  # conv weights in NHWC (faster on CPU and GPU)
     compile: bool = False
     sync_bn: bool | None = None  # synchronised batch norm across processes; None: on when world size > 1
+    # a finished run whose final weights this run evaluates instead of training: a post-hoc loss (``la-posthoc``)
+    # trains exactly as the loss it adjusts (CE), so it reads that run's weights (same recipe, checked)
+    weights_from: str | None = None
     deterministic: bool = True
     progress: bool = True
     out_dir: str = "runs"
@@ -237,6 +240,10 @@ def validate(config: TrainConfig) -> None:
     if config.imbalance_factor is not None and config.dataset not in (*ltdata.BUNDLED, "cifar10-lt", "cifar100-lt"):
         raise checks.InputError(f"imbalance_factor applies to the bundled data sets and CIFAR-LT; {config.dataset!r} "
                                 "has its own fixed split files: leave imbalance_factor=None.")
+    if config.weights_from is not None and not losses.is_post_hoc(config.loss):
+        raise checks.InputError(f"weights_from={config.weights_from!r} evaluates another run's weights, which only a "
+                                f"post-hoc loss can reuse ({', '.join(losses.POST_HOC)}); loss={config.loss!r} "
+                                "trains differently: leave weights_from=None.")
     if config.few > config.many:
         raise checks.InputError(f"few={config.few} > many={config.many}: the few-shot threshold must not exceed the "
                                 "many-shot one (the papers use many=100, few=20).")
@@ -823,6 +830,8 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     if status == "finished":
         return runs.load_run(run_dir)
     try:
+        if config.weights_from is not None:
+            return _evaluate_weights_from(config, data, run_dir, device, world)
         return _train_run(config, data, run_dir, status, device, rank, world, local_rank)
     finally:
         if rank == 0:
@@ -868,6 +877,55 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
         runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env, class_counts=counts,
                                                       classes=data.classes, data_info=getattr(data, "info", {})))
     return _train_epochs(ctx, method, start_epoch, history)
+
+
+# fields in which a post-hoc run may differ from the run whose weights it evaluates
+_POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_dir", *runs._VOLATILE}
+_EVALUATED = ("overall", "many", "medium", "few", "worst", "eval_s")
+
+
+def _evaluate_weights_from(config: TrainConfig, data: Any, run_dir: Path, device: torch.device, world: int) -> dict:
+    """A post-hoc run: the final weights of ``config.weights_from``, evaluated with this run's prediction rule.
+
+    Nothing is trained: the source run was trained with the same recipe (every field but the loss and the
+    names, checked) by a loss that trains as this one does, so its weights *are* this run's weights.  The record
+    keeps the source's training history (train loss, timings) and this run's final evaluation.
+    """
+    source = Path(config.weights_from)
+    if world > 1:
+        raise checks.InputError("weights_from evaluates on one process: run it without torchrun.")
+    if not (source / "result.json").is_file():
+        raise checks.InputError(f"weights_from={str(source)!r} is not a finished run (no result.json): train it first.")
+    record = runs.load_run(source)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    stored, mine = {**defaults, **record["config"]}, config.to_dict()
+    differing = sorted(k for k in set(stored) | set(mine) if k not in _POST_HOC_FREE and stored.get(k) != mine.get(k))
+    if differing or losses.trains_as(stored["loss"]) != losses.trains_as(config.loss):
+        why = f"its config differs in {differing}" if differing else f"its loss {stored['loss']!r} trains differently"
+        raise checks.InputError(f"weights_from={str(source)!r}: {why}; a post-hoc run reuses the weights of the "
+                                "same training only. Point it at a run of the same recipe, or train this one.")
+    trained = load_trained(source, data)
+    ctx = trained.context
+    ctx.device, ctx.model = device, trained.model.to(device)
+    ctx.loss_fn = losses.make_loss(config.loss, trained.data.class_counts, **config.loss_params).to(device)
+    ctx.config = config
+    result = evaluate_test_set(ctx)
+    state = runs.load_checkpoint(source / "checkpoint.pt", map_location="cpu")
+    runs.save_checkpoint(run_dir / "checkpoint.pt", {**state, "loss": ctx.loss_fn.state_dict(),
+                                                      "config": config.to_dict()})
+    history = [{k: v for k, v in row.items() if k not in _EVALUATED} for row in record["history"]]
+    history[-1].update({k: result[k] for k in _EVALUATED[:-1]})
+    for row in history:
+        runs.append_history(run_dir, row)
+    env = {**runs.environment(device, 1), "weights_from": str(source.resolve())}
+    runs.write_json(run_dir / "config.json", dict(config=mine, env=env, class_counts=trained.data.class_counts,
+                                                  classes=trained.data.classes,
+                                                  data_info=getattr(trained.data, "info", {})))
+    kept = ("epochs", "final_epoch", "world_size", "stopped_at_step")
+    result.update({k: record["result"][k] for k in kept if k in record["result"]},
+                  class_counts=trained.data.class_counts, wall_time_s=record["result"].get("wall_time_s"))
+    runs.write_json(run_dir / "result.json", result)
+    return runs.load_run(run_dir)
 
 
 def _train_epochs(ctx: Context, method: Method, start_epoch: int, history: list[dict]) -> dict:

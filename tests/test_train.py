@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltkit import launch, runs, train
+from ltkit import checks, launch, runs, train
 
 QUICK = dict(epochs=4, progress=False)
 
@@ -238,6 +238,32 @@ def test_run_grid_after_starts_a_dependent_run_once_its_baseline_has_finished(tm
     with pytest.raises(ValueError, match="one level of waiting only"):
         launch.run_grid({"A": {}, "B": {}, "C": {}}, (0,), after={"A": "B", "B": "C"}, out_dir=str(tmp_path),
                         progress=False)
+
+
+def test_a_post_hoc_run_from_ce_weights_equals_a_trained_one(tmp_path):
+    """la-posthoc trains exactly as CE: evaluating CE's final weights (weights_from) gives the record a trained
+    la-posthoc run gives, without training; a different recipe or loss is refused before anything is written."""
+    common = dict(epochs=4, eval_every=2, seed=3, out_dir=str(tmp_path), progress=False)
+    ce = train.fit("digits-lt", loss="ce", name="ce", **common)
+    trained = train.fit("digits-lt", loss="la-posthoc", name="la-trained", **common)
+    derived = train.fit("digits-lt", loss="la-posthoc", name="la", weights_from=ce["dir"], **common)
+    assert derived["result"]["confusion"] == trained["result"]["confusion"] != ce["result"]["confusion"]
+    assert derived["result"]["per_class"] == trained["result"]["per_class"]
+    assert [r["train_loss"] for r in derived["history"]] == [r["train_loss"] for r in trained["history"]]
+    assert derived["history"][-1]["overall"] == trained["result"]["overall"] and "overall" not in derived["history"][1]
+    rebuilt = train.load_trained(derived["dir"])
+    assert type(rebuilt.loss_fn).__name__ == "PostHocLogitAdjustedLoss"
+    for name, tensor in rebuilt.model.state_dict().items():
+        assert torch.equal(tensor, train.load_trained(trained["dir"]).model.state_dict()[name])
+    bad = [(dict(loss="bs", weights_from=ce["dir"]), "only a post-hoc loss can reuse"),
+           (dict(loss="la-posthoc", weights_from=ce["dir"], lr=0.01), r"config differs in \['lr'\]"),
+           (dict(loss="la-posthoc", weights_from=str(tmp_path / "nowhere")), "is not a finished run")]
+    train.fit("digits-lt", loss="bs", name="bs", **common)
+    bad.append((dict(loss="la-posthoc", weights_from=str(tmp_path / "bs")), "its loss 'bs' trains differently"))
+    for i, (overrides, message) in enumerate(bad):
+        with pytest.raises(checks.InputError, match=message):
+            train.fit("digits-lt", **{**common, "name": f"bad{i}", **overrides})
+        assert not (tmp_path / f"bad{i}" / "config.json").exists()
 
 
 def test_a_run_failing_in_a_worker_raises_its_own_error(tmp_path):
