@@ -88,9 +88,9 @@ def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, 
         "Syn-LT": syn_lt,
     }
     if dataset == "digits-lt":
-        fill = feedback.synthetic_set_path("digits-lt", FEEDBACK_FILL)
+        fill = feedback.committed_fill("digits-lt", FEEDBACK_FILL)  # a name, not a path: records travel
         methods[f"BS + feedback fill ({FEEDBACK_FILL})"] = dict(loss="bs", method="feedback-fill",
-                                                               method_params={"synthetic": str(fill)})
+                                                               method_params={"synthetic": fill})
     return methods
 
 

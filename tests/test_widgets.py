@@ -220,7 +220,12 @@ def test_leaderboard_has_every_idea_of_the_kit():
     assert set(demo.LOSS_BASELINES) < set(context) and set(digits) - set(context) == {"BS + feedback fill (loss)"}
     syn_lt = digits["Syn-LT"](2)
     assert syn_lt["method"] == "synlt" and syn_lt["method_params"]["g_run"] == str(Path("r") / "ce-s2")
-    assert Path(digits["BS + feedback fill (loss)"]["method_params"]["synthetic"]).is_file()
+    assert digits["LA (post hoc)"](2) == dict(loss="la-posthoc", weights_from=str(Path("r") / "ce-s2"))
+    # the committed fill by name, not by a path into this machine's install: the records travel between laptops
+    from ltkit.methods import feedback
+
+    fill = digits["BS + feedback fill (loss)"]["method_params"]["synthetic"]
+    assert fill == "committed:digits-lt/loss" and feedback.synthetic_set_path("digits-lt", "loss").is_file()
 
 
 def test_leaderboard_trains_every_method_and_reports_one_table(tmp_path):
