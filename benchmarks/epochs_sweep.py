@@ -4,7 +4,9 @@
 
 Prints, per length, the final-epoch train loss and test accuracy (overall / few) of each method, mean ± std
 over seeds, and CMO's paired gain over its loss (same seeds) with its p-value: the data behind the
-leaderboard protocol (ltkit.demo.PROTOCOL) and notebook 03's "epochs vs gain" plot.
+leaderboard protocol (the presets' 100 epochs) and notebook 03's "epochs vs gain" plot.  Writes
+``<out>/<dataset>.json``: per length, each CMO row's train loss and paired differences, and the
+baselines' train loss (notebook 03 reads the copy in ``notebooks/results/``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
         summary[epochs] = {label: dict(train_loss=losses[label], **{
             f"d_{key}": stats.paired_records(records[label], records[base], key).__dict__
             for key in ("overall", "few")}) for label, base in BASELINES.items()}
+        summary[epochs].update({base: dict(train_loss=losses[base]) for base in set(BASELINES.values())})
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / f"{args.dataset}.json").write_text(json.dumps(summary, indent=1))
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -115,6 +116,18 @@ def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = SEEDS, 
                            after=after, **common)
 
 
+def follow(jobs: dict[str, launch.GridJob], every: float = 2.0) -> None:
+    """One progress bar over the finished runs of background grids, until every grid is done."""
+    from tqdm.auto import tqdm
+
+    dirs = [d for job in jobs.values() for ds in job.run_dirs.values() for d in ds]
+    with tqdm(total=len(dirs), desc="runs") as bar:
+        while not all(job.done for job in jobs.values()):
+            time.sleep(every)
+            bar.update(sum((d / "result.json").is_file() for d in dirs) - bar.n)
+        bar.update(sum((d / "result.json").is_file() for d in dirs) - bar.n)
+
+
 def show_profile(out_dir: Path) -> Path:
     data = load_digits_lt()
     counts = data.class_counts
@@ -170,13 +183,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs trained side by side, one CPU thread each (default: 2, or 1 on a 1-core machine)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    show_profile(out)
     started = time.time()
-    records = {}
-    for dataset in args.datasets:
-        print(f"\n{dataset}: training the line-up ({args.workers} at a time; finished runs are reused)", flush=True)
-        records[dataset] = train_leaderboard(dataset, args.seeds, runs_dir=out / "leaderboard" / dataset,
-                                             workers=args.workers)
+    print(f"training the line-up on {', '.join(args.datasets)}: {args.workers} runs at a time in one pool of worker "
+          "processes (finished runs are reused)", flush=True)
+    with ProcessPoolExecutor(args.workers, mp_context=launch.spawn_context()) as pool:
+        jobs = {dataset: train_leaderboard(dataset, args.seeds, runs_dir=out / "leaderboard" / dataset,
+                                           workers=args.workers, pool=pool, background=True)
+                for dataset in args.datasets}  # both grids share the workers: none idles at a grid's end
+        show_profile(out)  # drawn while the first runs train
+        follow(jobs)
+        records = {dataset: job.wait() for dataset, job in jobs.items()}
     print(f"\nFinal-epoch accuracy (%) on the balanced test sets, mean ± std over seeds {args.seeds} "
           f"(many > {profiles.MANY_THRESHOLD}, few < {profiles.FEW_THRESHOLD} training images):\n")
     print(leaderboard_table(records).to_string())

@@ -71,7 +71,7 @@ Overrides = dict | Callable[[int], dict]
 
 def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *, base: str = "digits-lt",
              nproc: int = 1, workers: int = 1, progress: bool = True, background: bool = False,
-             interval: float = 5.0, after: dict[str, str] | None = None,
+             interval: float = 5.0, after: dict[str, str] | None = None, pool: ProcessPoolExecutor | None = None,
              **common: Any) -> "dict[str, list[dict]] | GridJob":
     """Train every named configuration (``{label: overrides}``) for every seed.
 
@@ -95,6 +95,8 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     finished (its overrides read that run).  With ``workers > 1`` such a run starts as
     soon as its baseline is done, ahead of the runs that need nothing, so the workers
     stay busy and the long dependent runs do not all wait for the end of the grid.
+    ``pool`` (a spawn-context ``ProcessPoolExecutor``): train in these worker processes,
+    shared with other grids (e.g. two background grids: no idle worker at a grid's end).
     """
     after = _check_after(after or {}, methods)
     jobs = _order_jobs(_grid_jobs(methods, seeds, base, common), after)  # every config is checked first
@@ -102,9 +104,9 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
     if note:
         print(note)
     if background:
+        run_dirs = {label: [_run_dir(c) for lb, _, c in jobs if lb == label] for label in methods}
         return GridJob(lambda: run_grid(methods, seeds, base=base, nproc=nproc, workers=workers, progress=False,
-                                        after=after, **common), {label: [_run_dir(c) for lb, _, c in jobs if lb == label]
-                                                    for label in methods}, interval=interval)
+                                        after=after, pool=pool, **common), run_dirs, interval=interval)
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1.")
     if workers > 1 and nproc > 1:
@@ -113,7 +115,7 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
 
     bar = tqdm(total=len(jobs), desc="runs", disable=not progress)
     done: dict[tuple[str, int], dict] = {}
-    parallel = workers > 1 and sum(not _finished(config) for _, _, config in jobs) > 1
+    parallel = (workers > 1 or pool is not None) and sum(not _finished(config) for _, _, config in jobs) > 1
     for label, seed, config in jobs:  # sequentially: everything, or (in parallel mode) the finished runs, reused
         if not parallel or _finished(config):
             bar.set_postfix_str(f"{label}, seed {seed}")
@@ -121,7 +123,11 @@ def run_grid(methods: dict[str, Overrides], seeds: Sequence[int] = (0, 1, 2), *,
             bar.update()
     if parallel:
         pending = [(label, seed, config) for label, seed, config in jobs if (label, seed) not in done]
-        _train_in_workers(pending, done, after, workers, bar)
+        if pool is not None:
+            _train_in_workers(pending, done, after, workers, bar, pool)
+        else:
+            with ProcessPoolExecutor(min(workers, len(pending)), mp_context=spawn_context()) as own:
+                _train_in_workers(pending, done, after, workers, bar, own)
     bar.close()
     return {label: [done[label, seed] for seed in seeds] for label in methods}
 
@@ -142,30 +148,36 @@ def _order_jobs(jobs: list, after: dict[str, str]) -> list:
     return [job for job in jobs if job[0] not in after] + [job for job in jobs if job[0] in after]
 
 
-def _train_in_workers(pending: list, done: dict, after: dict[str, str], workers: int, bar) -> None:
-    """Train ``pending`` in ``workers`` spawned processes, at most ``workers`` runs handed out at a time: a run
-    whose baseline (``after``) has finished goes first, so that a long dependent run never waits for the end."""
-    context = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
-    with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
-        running: dict = {}
-        try:
-            while pending or running:
-                ready = [job for job in pending if (after.get(job[0]), job[1]) in done or job[0] not in after]
-                ready.sort(key=lambda job: job[0] not in after)  # unblocked dependent runs first
-                if not ready and not running:
-                    raise RuntimeError(f"runs waiting for a baseline that is not in the grid: {pending[:3]}")
-                for job in ready[:workers - len(running)]:
-                    pending.remove(job)
-                    running[pool.submit(train.fit, job[2])] = job[:2]
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    key = running.pop(future)
-                    done[key] = future.result()
-                    bar.set_postfix_str("{}, seed {}".format(*key))
-                    bar.update()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish, the rest never start
-            raise
+def spawn_context():
+    """Worker processes are spawned: fork after torch has run threads can deadlock."""
+    return multiprocessing.get_context("spawn")
+
+
+def _train_in_workers(pending: list, done: dict, after: dict[str, str], workers: int, bar,
+                      pool: ProcessPoolExecutor) -> None:
+    """Train ``pending`` in ``pool``, at most ``workers`` runs handed out at a time: a run whose baseline
+    (``after``) has finished goes first, so that a long dependent run never waits for the end of the grid."""
+    running: dict = {}
+    try:
+        while pending or running:
+            ready = [job for job in pending if (after.get(job[0]), job[1]) in done or job[0] not in after]
+            ready.sort(key=lambda job: job[0] not in after)  # unblocked dependent runs first
+            if not ready and not running:
+                raise RuntimeError(f"runs waiting for a baseline that is not in the grid: {pending[:3]}")
+            for job in ready[:workers - len(running)]:
+                pending.remove(job)
+                running[pool.submit(train.fit, job[2])] = job[:2]
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                done[key] = future.result()
+                bar.set_postfix_str("{}, seed {}".format(*key))
+                bar.update()
+    except BaseException:
+        for future in running:  # the runs under way finish, the rest of this grid never starts
+            future.cancel()
+        wait(running)
+        raise
 
 
 def reuse_note(run_dirs: Sequence[Path]) -> str | None:
