@@ -354,3 +354,26 @@ def test_the_live_view_draws_from_a_thread_without_touching_global_settings(tmp_
     finally:
         matplotlib.rcParams.__class__.__setitem__ = restore
     assert job["CE"] and not seen and dict(matplotlib.rcParams) == before and view.image.value[:4] == b"\x89PNG"
+
+
+def test_make_demo_trains_both_data_sets_in_one_pool_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    """``python -m ltkit demo`` (3 epochs here): every run once, LA (post hoc) from the CE run of its seed, one
+    table, one plot; a second call reuses everything and says so."""
+    import functools
+
+    from ltkit import demo
+
+    monkeypatch.setattr(demo, "train_leaderboard", functools.partial(demo.train_leaderboard, epochs=3))
+    argv = ["--out", str(tmp_path), "--seeds", "0", "1", "--datasets", "digits-lt", "context-digits-lt"]
+    demo.main(argv)
+    out = capsys.readouterr().out
+    for dataset in demo.DATASETS:
+        for label in demo.leaderboard_methods(dataset, tmp_path):
+            assert (tmp_path / "leaderboard" / dataset / f"{runs.safe_name(label)}-s1" / "result.json").is_file()
+    la = json.loads((tmp_path / "leaderboard/context-digits-lt/la-post-hoc-s1/config.json").read_text())["config"]
+    assert la["weights_from"] == str(tmp_path / "leaderboard/context-digits-lt/ce-s1")
+    assert "context-digits-lt CE" in out and (tmp_path / "leaderboard.png").stat().st_size > 10_000
+    demo.main(argv)
+    assert "using 20 of 20 runs already finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        demo.main(["--workers", "0"])
