@@ -126,9 +126,10 @@ def follow(jobs: dict[str, launch.GridJob], every: float = 2.0) -> None:
 
     dirs = [d for job in jobs.values() for ds in job.run_dirs.values() for d in ds]
     with tqdm(total=len(dirs), desc="runs") as bar:
-        while not all(job.done for job in jobs.values()):
-            time.sleep(every)
-            bar.update(sum((d / "result.json").is_file() for d in dirs) - bar.n)
+        for job in jobs.values():
+            while not job.done:
+                job.join(every)  # returns as soon as the grid is done
+                bar.update(sum((d / "result.json").is_file() for d in dirs) - bar.n)
         bar.update(sum((d / "result.json").is_file() for d in dirs) - bar.n)
 
 

@@ -232,6 +232,10 @@ class GridJob:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the grid is done or ``timeout`` seconds have passed (no records, no error): ``done``."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> dict[str, list[dict]]:
         """Block until every run has finished; the records (the same as a foreground ``run_grid``)."""
         if not self._done.wait(timeout):
