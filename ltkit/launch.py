@@ -252,7 +252,8 @@ class GridJob:
         if self._view is None:
             from .widgets import LiveView
 
-            self._view = LiveView(self.run_dirs, is_done=lambda: self.done, interval=self.interval)
+            self._view = LiveView(self.run_dirs, is_done=lambda: self.done, error=lambda: self._error,
+                                  interval=self.interval)
         return self._view
 
     def _repr_mimebundle_(self, **kwargs):

@@ -17,9 +17,9 @@ Design
   augmented as a whole batch (random crop with zero padding, horizontal flip).
   Large ones (split files: ImageNet-LT, Places-LT, iNaturalist) go through
   ``DataLoader`` workers with ``torchvision.transforms.v2``.
-* Randomness is derived from ``(seed, epoch, rank)``: the epoch's sample order
-  from ``(seed, epoch)`` (the same global draw on every rank, split into
-  disjoint per-rank shards), augmentation from ``(seed, epoch, rank)``.  A
+* Randomness is derived from ``(seed, epoch)`` and global positions: the epoch's
+  sample order (the same global draw on every rank, split into disjoint per-rank
+  shards) and the augmentation of every position of the epoch.  A
   resumed run therefore replays exactly what an uninterrupted one would have
   done (bit-exact on CPU).
 * ``batch_size`` is the *global* batch; each of ``W`` ranks takes
@@ -71,7 +71,7 @@ import zlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -286,6 +286,9 @@ class Batch:
     step: int = 0  # the optimiser step within the epoch
     global_size: int = 0  # images in this step's global batch (all ranks together; 0: unknown)
     global_index: Tensor | None = None  # the training-set positions of the whole global batch (tensor data)
+    # images of the global batch at the given positions within it, augmented as the engine augments them there
+    # (tensor data): lets a method pair an image with any image of the global batch, on any number of ranks
+    global_images: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -609,14 +612,18 @@ def tensor_batches(ctx: Context, epoch: int) -> Iterator[Batch]:
     order = epoch_order(config, ctx.train_y.cpu(), ctx.class_counts, epoch).to(ctx.device)
     augment = _augmentation(ctx, len(order), ctx.generator("augment", epoch))
     positions = torch.arange(len(order), device=ctx.device)
+
+    def images_at(at: Tensor) -> Tensor:  # the augmented images at epoch positions ``at``
+        x = to_unit_float(ctx.train_x[order[at]])
+        return x if augment is None else apply_augmentation(x, config.crop_padding,
+                                                            *(a if a is None else a[at] for a in augment))
+
     for step, part in enumerate(global_batches(len(order), config.batch_size)):
         mine = local_part(positions[part], ctx.rank, ctx.world_size)
         idx = order[mine]
-        x = to_unit_float(ctx.train_x[idx])
-        if augment is not None:
-            x = apply_augmentation(x, config.crop_padding, *(a if a is None else a[mine] for a in augment))
-        yield Batch(x=x, y=ctx.train_y[idx], index=idx, step=step, global_size=part.stop - part.start,
-                    global_index=order[part])
+        yield Batch(x=images_at(mine), y=ctx.train_y[idx], index=idx, step=step, global_size=part.stop - part.start,
+                    global_index=order[part],
+                    global_images=lambda within, part=part: images_at(positions[part][within.to(ctx.device)]))
 
 
 def _augmentation(ctx: Context, n: int, generator: torch.Generator) -> tuple | None:

@@ -445,7 +445,8 @@ def draw_confusion(ax, run: Run | None) -> None:
                 xticklabels="auto", yticklabels="auto")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (0 = largest)" if _is_descending(run.class_counts) else "true class")
-    ax.set_title(f"confusion matrix of {run.name} (overall {run.result.get('overall', math.nan) * 100:.1f} %)")
+    # two lines: one line would run over the colour bar's top label
+    ax.set_title(f"confusion matrix of {run.name}\n(overall {run.result.get('overall', math.nan) * 100:.1f} %)")
 
 
 def _is_descending(counts: Sequence[int] | None) -> bool:
@@ -716,7 +717,7 @@ class Explorer:
                         "and a paired t-test's p-value")
             for column, values in paired_columns(self.groups, order, self.baselines, many, few).items():
                 frame[column] = values
-        return (f"<div class='ltkit-explorer-table'>{_TABLE_STYLE}<p>{caption}</p>"
+        return (f"<div class='ltkit-explorer-table' style='white-space: normal'>{_TABLE_STYLE}<p>{caption}</p>"
                 f"{frame.to_html(classes='ltkit-table', border=0)}</div>")
 
     def _figure_png(self, kept: Mapping[str, list[Run]], summary: Mapping, many: int, few: int) -> bytes:
@@ -821,10 +822,11 @@ class LiveView:
     method, against epochs; each seed a thin line, their mean bold.  Redrawn every ``interval`` seconds from
     the runs' ``history.jsonl`` by a background thread, so the notebook's other widgets stay responsive."""
 
-    def __init__(self, run_dirs: Mapping[str, Sequence[Path]], *, is_done: Any = None, interval: float = 1.0,
-                 dpi: int = 80) -> None:
+    def __init__(self, run_dirs: Mapping[str, Sequence[Path]], *, is_done: Any = None, error: Any = None,
+                 interval: float = 1.0, dpi: int = 80) -> None:
         self.run_dirs = {label: [Path(d) for d in dirs] for label, dirs in run_dirs.items()}
         self.is_done = is_done or (lambda: True)
+        self.error = error or (lambda: None)  # the grid's error once it failed (shown, not only raised by wait())
         self.dpi, self.interval = dpi, interval
         self.updates = 0
         self.status = widgets.HTML()
@@ -882,6 +884,9 @@ class LiveView:
         finished = sum((Path(d) / "result.json").is_file() for dirs in self.run_dirs.values() for d in dirs)
         total = sum(len(dirs) for dirs in self.run_dirs.values())
         state = "finished" if self.is_done() else "training"
+        failed = self.error() if self.is_done() else None
+        if failed is not None:
+            state = f"failed ({html.escape(type(failed).__name__)}: {html.escape(str(failed)[:300])}; wait() raises it)"
         self.status.value = (f"<b>{state}</b>: {finished} of {total} runs done; epochs so far per run: "
                              f"{min(epochs, default=0)}-{max(epochs, default=0)}")
         self.image.value = self._figure_png(histories)

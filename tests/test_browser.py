@@ -36,7 +36,7 @@ CHROMIUM = os.environ.get("LTKIT_CHROMIUM", "/usr/bin/chromium")
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "07_results_explorer.ipynb"
 QUICK_PARAMETERS = 'SEEDS = [0, 1]\nONLY = ["CE", "BS", "LA (post hoc)"]'
 # Appended after the explorer: a grid that keeps training (two worker processes) while the test uses the explorer.
-BACKGROUND_GRID = ('background = launch.run_grid({"CE (long)": dict(loss="ce", epochs=800)}, [7, 8], base=DATASET,\n'
+BACKGROUND_GRID = ('background = launch.run_grid({"CE (long)": dict(loss="ce", epochs=500)}, [7, 8], base=DATASET,\n'
                    '                             out_dir=OUT + "-background", workers=2, background=True, interval=1)\n'
                    'background')
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -63,8 +63,8 @@ CHART_LOADED = """() => {
     return img !== null && img.complete && img.naturalWidth > 500;
 }"""
 LIVE_VIEW_SAYS = """(word) => {
-    const live = document.querySelector('.ltkit-live');
-    return live !== null && live.innerText.includes(word);
+    const views = document.querySelectorAll('.ltkit-live');  // the last one: the appended background grid's
+    return views.length > 0 && views[views.length - 1].innerText.includes(word);
 }"""
 TABLE_AND_CHART_UPDATED = """([text, oldSrc]) => {
     const table = document.querySelector('.ltkit-explorer .ltkit-explorer-table');
@@ -127,6 +127,9 @@ def jupyter_lab(tmp_path):
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')  # no "get Jupyter news?" toast over the screenshot
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text('{"windowingMode": "none"}')  # every cell stays in the page, also when scrolled out of view
     log = tmp_path / "jupyter-lab.log"
     command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={notebook.parent}", "--ServerApp.port_retries=0",
@@ -216,13 +219,13 @@ def use_the_explorer(page, url: str, screenshot: Path) -> None:
     wait_until(page, CHART_LOADED, None, "the new chart to load", 60)
     assert "many n > 50 (4 classes), medium (3), few n < 20 (3)" in table.inner_text()
     assert chart.get_attribute("src") != before
-    assert "training" in page.locator(".ltkit-live").first.inner_text(), \
+    assert "training" in page.locator(".ltkit-live").last.inner_text(), \
         "the background grid finished before the explorer redrew: lengthen BACKGROUND_GRID's runs"
     explorer.scroll_into_view_if_needed()
     explorer.screenshot(path=str(screenshot))
     # no worker left behind: the live view reports the grid finished (its picture redrawn at the end)
     wait_until(page, LIVE_VIEW_SAYS, "finished", "the background grid to finish", 600)
-    page.locator(".ltkit-live").first.screenshot(path=str(screenshot.with_name("live-view.png")))
+    page.locator(".ltkit-live").last.screenshot(path=str(screenshot.with_name("live-view.png")))
 
 
 def wait_until(page, condition: str, arg, what: str, timeout_s: float) -> None:

@@ -316,8 +316,10 @@ def test_a_background_grid_updates_its_live_view_and_wait_returns_the_foreground
 def test_a_failing_background_grid_raises_its_error_in_wait(tmp_path):
     job = launch.run_grid({"never on": dict(method="cmo", epochs=2)}, (0,), out_dir=str(tmp_path), background=True,
                           progress=False, model="mlp")
+    view = job.view
     with pytest.raises(ValueError, match="would never be on"):
         job.wait(timeout=120)
+    assert "<b>failed (ValueError: method &#x27;cmo&#x27; would never be on" in view.status.value  # shown, not raised only
 
 
 def test_a_method_keeps_its_colour_in_every_figure():

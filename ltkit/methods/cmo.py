@@ -88,7 +88,11 @@ Variants (the paper's Table 9 and Table 11)
 -------------------------------------------
 * ``"cutmix"`` — plain CutMix (Yun et al., ICCV 2019): the foreground is the
   *same batch* in a random order (background and foreground both from the
-  original distribution).  Same box, λ, ``prob`` and off epochs.
+  original distribution).  Same box, λ, ``prob`` and off epochs.  Departure
+  from the reference codes under DDP: they shuffle each GPU's shard of the
+  batch; here the permutation runs over the *global* batch (each rank reads
+  its partners' images, augmented as the batch, through
+  ``Batch.global_images``), so that 1, 2 or 8 processes pair the same images.
 * ``"cmo"`` — background original, foreground from ``Q``.
 * ``"cmo-minor"`` — background **and** foreground from ``Q`` (the paper's
   CMO_minor: "both images sampled from the minority-weighted distribution").
@@ -369,10 +373,13 @@ class CutMix(train.Method):
         return foreground_weights(ctx.train_y.cpu(), None, p.weighting, p.r, p.beta)
 
     def _foreground(self, ctx: train.Context, batch: train.Batch) -> tuple[Tensor, Tensor]:
-        if self.foreground_source == "batch":  # a permutation of this rank's batch (the reference, per GPU)
-            order = torch.randperm(len(batch.y), generator=ctx.generator("cutmix-order", ctx.epoch, batch.step,
-                                                                         ctx.rank)).to(batch.x.device)
-            return batch.x[order], batch.y[order]
+        if self.foreground_source == "batch":  # a permutation of the global batch, this rank's share of it
+            if batch.global_images is None:
+                raise ValueError(f"method {self.name!r} pairs images within the engine's global batch; this batch "
+                                 "does not come from it (another method replaced it?).")
+            order = ctx.permutation(batch.global_size, "cutmix-order", ctx.epoch, batch.step, 0)
+            partners = ctx.local(order)
+            return batch.global_images(partners), ctx.train_y[batch.global_index[partners.to(ctx.device)]]
         drawn = self._draw(ctx, batch, "foreground", self.foreground_source)
         return drawn.x, drawn.y
 
@@ -386,7 +393,7 @@ class CutMix(train.Method):
                                       generator=ctx.generator(*stream, "draw"))
         idx = ctx.local(positions).to(ctx.device)
         x = ctx.images(positions, ctx.generator(*stream, "augment"))
-        return dataclasses.replace(batch, x=x, y=ctx.train_y[idx], index=idx)
+        return dataclasses.replace(batch, x=x, y=ctx.train_y[idx], index=idx, global_index=None, global_images=None)
 
 
 @train.register_method
