@@ -331,12 +331,17 @@ _KIT_LABELS = ("CE", "CE-DRW", "LDAM-DRW", "BS", "LA (post hoc)", "CE + CMO", "B
 
 
 def _method_colors(labels: Sequence[str]) -> dict[str, str]:
-    """One colour per method label, the same wherever the label is drawn."""
+    """One colour per method label, the same wherever the label is drawn.
+
+    A label seen for the first time takes a colour no label of this figure has, the least used one so far.
+    """
     if not _COLOR_OF:
         _COLOR_OF.update(zip(_KIT_LABELS, METHOD_COLORS))
     for label in labels:
         if label not in _COLOR_OF:
-            _COLOR_OF[label] = METHOD_COLORS[len(_COLOR_OF) % len(METHOD_COLORS)]
+            here = {_COLOR_OF[other] for other in labels if other in _COLOR_OF}
+            used = [list(_COLOR_OF.values()).count(color) for color in METHOD_COLORS]
+            _COLOR_OF[label] = min(METHOD_COLORS, key=lambda c: (c in here, used[METHOD_COLORS.index(c)]))
     return {label: _COLOR_OF[label] for label in labels}
 
 

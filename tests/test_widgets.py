@@ -324,6 +324,7 @@ def test_a_failing_background_grid_raises_its_error_in_wait(tmp_path):
 
 def test_a_method_keeps_its_colour_in_every_figure():
     """The live view (training order) and the explorer (ranked order) colour a label alike."""
+    widgets._method_colors([f"seen before {i}" for i in range(30)])  # labels other figures drew first
     live = widgets._method_colors(["CE", "BS", "my idea", "BS + CMO"])
     ranked = widgets._method_colors(["BS + CMO", "my idea", "BS", "CE"])
     assert live == ranked and len(set(live.values())) == 4
