@@ -832,13 +832,14 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     device = resolve_device(config, local_rank)
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is the global batch: it must be divisible by the {world} processes.")
+    source = _weights_source(config, world) if config.weights_from is not None else None  # before writing
     run_dir = runs.run_path(config.out_dir, config.run_name())
     status = _prepare(run_dir, config, rank)
     if status == "finished":
         return runs.load_run(run_dir)
     try:
-        if config.weights_from is not None:
-            return _evaluate_weights_from(config, data, run_dir, device, world)
+        if source is not None:
+            return _evaluate_weights_from(config, source, data, run_dir, device)
         return _train_run(config, data, run_dir, status, device, rank, world, local_rank)
     finally:
         if rank == 0:
@@ -891,13 +892,9 @@ _POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_d
 _EVALUATED = ("overall", "many", "medium", "few", "worst", "eval_s")
 
 
-def _evaluate_weights_from(config: TrainConfig, data: Any, run_dir: Path, device: torch.device, world: int) -> dict:
-    """A post-hoc run: the final weights of ``config.weights_from``, evaluated with this run's prediction rule.
-
-    Nothing is trained: the source run was trained with the same recipe (every field but the loss and the
-    names, checked) by a loss that trains as this one does, so its weights *are* this run's weights.  The record
-    keeps the source's training history (train loss, timings) and this run's final evaluation.
-    """
+def _weights_source(config: TrainConfig, world: int) -> dict:
+    """The record of ``config.weights_from``, checked: finished, and trained with this run's recipe by a loss
+    that trains as this run's loss does (so its weights *are* this run's weights); one-line errors otherwise."""
     source = Path(config.weights_from)
     if world > 1:
         raise checks.InputError("weights_from evaluates on one process: run it without torchrun.")
@@ -911,6 +908,15 @@ def _evaluate_weights_from(config: TrainConfig, data: Any, run_dir: Path, device
         why = f"its config differs in {differing}" if differing else f"its loss {stored['loss']!r} trains differently"
         raise checks.InputError(f"weights_from={str(source)!r}: {why}; a post-hoc run reuses the weights of the "
                                 "same training only. Point it at a run of the same recipe, or train this one.")
+    return record
+
+
+def _evaluate_weights_from(config: TrainConfig, record: dict, data: Any, run_dir: Path, device: torch.device) -> dict:
+    """A post-hoc run: the final weights of ``config.weights_from`` (checked by :func:`_weights_source`),
+    evaluated with this run's prediction rule; nothing is trained.  The record keeps the source's training
+    history (train loss, timings) and this run's final evaluation.
+    """
+    source = Path(config.weights_from)
     trained = load_trained(source, data)
     ctx = trained.context
     ctx.device, ctx.model = device, trained.model.to(device)
@@ -925,8 +931,8 @@ def _evaluate_weights_from(config: TrainConfig, data: Any, run_dir: Path, device
     for row in history:
         runs.append_history(run_dir, row)
     env = {**runs.environment(device, 1), "weights_from": str(source.resolve())}
-    runs.write_json(run_dir / "config.json", dict(config=mine, env=env, class_counts=trained.data.class_counts,
-                                                  classes=trained.data.classes,
+    runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env,
+                                                  class_counts=trained.data.class_counts, classes=trained.data.classes,
                                                   data_info=getattr(trained.data, "info", {})))
     kept = ("epochs", "final_epoch", "world_size", "stopped_at_step")
     result.update({k: record["result"][k] for k in kept if k in record["result"]},
