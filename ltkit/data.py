@@ -458,6 +458,11 @@ class ImageListDataset(Dataset):
         self.line_numbers = [lineno for lineno, _, _ in lines]
         self.targets = [label for _, label in self.entries]
         self.transform = transform
+        from PIL import Image
+
+        # every PIL format plugin imported here, in the main process: a DataLoader worker forked while another
+        # thread was importing would otherwise import them under a stale import lock (a KeyError, not the error)
+        Image.init()
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -1013,8 +1013,9 @@ def test_H_damaged_runs_are_skipped_by_load_runs_and_noted_by_the_explorer(tmp_p
 # A real interpreter running the command line, with one hook: it stops in the middle of an epoch (after
 # ``step`` optimiser steps of epoch ``epoch``), says so through a file, and waits to be released (or killed).
 VICTIM = r"""
-import os, sys, time
+import os, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a shell that ignores SIGINT (&)
 import ltkit.train as engine
 epoch_at, step_at = map(int, os.environ["LTKIT_PAUSE"].split(","))
 ready, release = Path(os.environ["LTKIT_READY"]), Path(os.environ["LTKIT_RELEASE"])
