@@ -58,7 +58,6 @@ import importlib.util
 import json
 import linecache
 import math
-import multiprocessing
 import random
 import subprocess
 import sys
@@ -768,12 +767,6 @@ def _fit_with_module(module_path: str, config: train.TrainConfig) -> dict:
 
 
 # =========================================================================== training under the protocol
-def _grid_config(base: str, label: str, seed: int, overrides: dict, common: dict) -> train.TrainConfig:
-    """The config ``launch.run_grid`` gives (label, seed): runs named ``<safe label>-s<seed>``, reused when finished."""
-    return train.preset(base, **{"if_exists": "resume", "progress": False, **common, **overrides, "seed": seed,
-                                 "name": f"{runs.safe_name(label)}-s{seed}", "label": label})
-
-
 def protocol_differences(stored: dict, expected: train.TrainConfig, fields: Iterable[str] = PROTOCOL_FIELDS) -> list[str]:
     """The ``fields`` in which a stored run config differs from ``expected`` (a field it lacks takes its default)."""
     defaults = {f.name: f.default for f in dataclasses.fields(train.TrainConfig) if f.default is not dataclasses.MISSING}
@@ -797,14 +790,14 @@ def find_runs(folder: str | Path, label: str, overrides: dict, seeds: Sequence[i
     folder = Path(folder)
     records = []
     for seed in seeds:
-        run_dir = folder / f"{runs.safe_name(label)}-s{seed}"
+        run_dir = folder / launch.grid_run_name(label, seed)
         if not (run_dir / "result.json").is_file():
             return None, f"{run_dir} is missing or unfinished"
         try:
             record = runs.load_run(run_dir)
         except (ValueError, OSError) as err:
             return None, f"{run_dir} cannot be read ({err})"
-        expected = _grid_config(base, label, seed, overrides, {**common, "out_dir": str(folder)})
+        expected = launch.grid_config(base, label, seed, overrides, {**common, "out_dir": str(folder)})
         differs = protocol_differences(record["config"], expected, fields)
         if differs:
             return None, f"{run_dir} was trained differently ({', '.join(differs)})"
@@ -901,7 +894,8 @@ def train_method(method: type | str, *, label: str | None = None, overrides: dic
         if reused is not None:
             print(f"baseline: {note}", flush=True)
             break
-    configs = [_grid_config(base, label, seed, overrides, {**common, "out_dir": str(out_dir)}) for seed in seeds]
+    configs = [launch.grid_config(base, label, seed, overrides, {**common, "out_dir": str(out_dir)})
+               for seed in seeds]
     module = None if method_workers == 1 and nproc == 1 else export_method(cls, Path(out_dir) / "methods")
     bars = progress and not background
 
@@ -921,7 +915,7 @@ def train_method(method: type | str, *, label: str | None = None, overrides: dic
     if not background:
         return work()
     base_dirs = ([Path(r["dir"]) for r in reused] if reused is not None else
-                 [Path(out_dir) / f"{runs.safe_name(baseline)}-s{seed}" for seed in seeds])
+                 [Path(out_dir) / launch.grid_run_name(baseline, seed) for seed in seeds])
     return launch.GridJob(work, {baseline: base_dirs, label: [Path(c.out_dir) / c.run_name() for c in configs]},
                           interval=2.0)
 
@@ -942,8 +936,7 @@ def _train_exported(configs: list[train.TrainConfig], module: str, workers: int,
             bar.update()
     pending = [i for i in range(len(configs)) if i not in done]
     if pending:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=launch.spawn_context()) as pool:
             futures = {pool.submit(_fit_with_module, module, configs[i]): i for i in pending}
             try:
                 for future in as_completed(futures):

@@ -42,7 +42,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import launch, plots, profiles, runs  # noqa: E402
+from . import launch, plots, profiles  # noqa: E402
 from .data import load_digits_lt  # noqa: E402
 
 FEEDBACK_FILL = "loss"  # the committed fill of the leaderboard: the criterion notebook 6 found best
@@ -76,7 +76,7 @@ def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, 
     from .methods import feedback, synlt
 
     def ce_run(seed: int) -> str:
-        return str(Path(runs_dir) / f"{runs.safe_name('CE')}-s{seed}")
+        return str(Path(runs_dir) / launch.grid_run_name("CE", seed))
 
     def syn_lt(seed: int) -> dict:
         return dict(loss="ce", method="synlt", method_params={**synlt.QUICK_PARAMS, "g_run": ce_run(seed)})

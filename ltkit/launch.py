@@ -196,11 +196,21 @@ def reuse_note(run_dirs: Sequence[Path]) -> str | None:
             f"delete a run's folder (e.g. {finished[0].as_posix()}) to train it yourself")
 
 
+def grid_run_name(label: str, seed: int) -> str:
+    """The name :func:`run_grid` gives the run of ``label`` and ``seed``: ``"BS + CMO"``, 0 -> ``bs-cmo-s0``."""
+    return f"{runs.safe_name(label)}-s{seed}"
+
+
+def grid_config(base: str | train.TrainConfig, label: str, seed: int, overrides: dict,
+                common: dict) -> train.TrainConfig:
+    """The config :func:`run_grid` gives the run of ``label`` and ``seed`` (reused when it is finished)."""
+    return _config(base, {"if_exists": "resume", "progress": False, **common, **overrides, "seed": seed,
+                          "name": grid_run_name(label, seed), "label": label})
+
+
 def _grid_jobs(methods: dict[str, Overrides], seeds: Sequence[int], base: str,
                common: dict) -> list[tuple[str, int, train.TrainConfig]]:
-    return [(label, seed, _config(base, {"if_exists": "resume", "progress": False, **common,
-                                         **_overrides(methods[label], seed), "seed": seed,
-                                         "name": f"{runs.safe_name(label)}-s{seed}", "label": label}))
+    return [(label, seed, grid_config(base, label, seed, _overrides(methods[label], seed), common))
             for label in methods for seed in seeds]
 
 

@@ -349,7 +349,6 @@ def _figure_style():
     """The kit's style for a figure drawn here; from a background thread, the current one: ``rc_context``
     changes the process's global settings, which would restyle the notebook's own figures drawn meanwhile."""
     import contextlib
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         return contextlib.nullcontext()
@@ -840,8 +839,6 @@ class LiveView:
         self.widget.add_class("ltkit-live")
         self.update()
         if not self.is_done():
-            import threading
-
             threading.Thread(target=self._follow, daemon=True, name="ltkit-live").start()
 
     def _follow(self) -> None:

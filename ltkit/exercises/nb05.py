@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import close_to, exercise, right, wrong
+from . import close_to, exercise, numbers_in, right, wrong
 from ..methods import cws
 
 
@@ -25,13 +25,8 @@ def _if_after(counts: Sequence[int], **params: Any) -> float:
 
 def _as_ints(answer: Any) -> list[int] | None:
     """A list of whole numbers, or None when the answer is not one."""
-    if isinstance(answer, (str, bytes)) or not hasattr(answer, "__iter__"):
-        return None
-    try:
-        values = [float(v) for v in answer]
-    except (TypeError, ValueError):
-        return None
-    return [int(v) for v in values] if all(math.isfinite(v) and v == int(v) for v in values) else None
+    values = numbers_in(answer)
+    return [int(v) for v in values] if values is not None and all(v == int(v) for v in values) else None
 
 
 # =========================================================================== 05.1

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from . import exercise, numbers_in, right, same_numbers, wrong
+from . import exercise, is_number, numbers_in, right, same_numbers, wrong
 from ..methods import diffusion, feedback
 
 
@@ -39,7 +38,7 @@ def _digits_counts() -> list[int]:
 def check_fill_counts(answer: Any) -> Any:
     counts = _digits_counts()
     truth = feedback.fill_counts(counts)
-    if isinstance(answer, (int, float, np.integer, np.floating)) and not isinstance(answer, bool):
+    if is_number(answer):
         if math.isclose(float(answer), sum(truth)):
             return wrong(f"{sum(truth)} is the total; give the list of the ten per-class counts, head first.")
         return wrong("give a list of ten numbers, one per class (head first), not a single number.")
