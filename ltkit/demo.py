@@ -42,15 +42,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import launch, plots, profiles  # noqa: E402
+from . import launch, plots, profiles, train  # noqa: E402
 from .data import load_digits_lt  # noqa: E402
 
 FEEDBACK_FILL = "loss"  # the committed fill of the leaderboard: the criterion notebook 6 found best
 
 # The presets train 100 epochs; deferred re-weighting starts at 80 (160 of 200 in the paper, the same 80 %).
+DRW_EPOCH = 80
 LOSS_BASELINES = {
     "CE": dict(loss="ce"),
-    "CE-DRW": dict(loss="ce-drw", loss_params={"drw_epoch": 80}),
+    "CE-DRW": dict(loss="ce-drw", loss_params={"drw_epoch": DRW_EPOCH}),
     "LDAM-DRW": dict(loss="ldam-drw", loss_params={"drw_epoch": 80}),
     "BS": dict(loss="bs"),
     "LA (post hoc)": dict(loss="la-posthoc"),
@@ -61,31 +62,52 @@ BASELINES = {"CE-DRW": "CE", "LDAM-DRW": "CE", "BS": "CE", "LA (post hoc)": "CE"
              "BS + CMO": "BS", "CWS": "CE", "Syn-LT": "CE", f"BS + feedback fill ({FEEDBACK_FILL})": "BS"}
 DATASETS = ("digits-lt", "context-digits-lt")
 # Syn-LT's classifier g is the CE run of its seed; LA (post hoc) evaluates that run's weights (it trains as CE
-# does, ltkit.losses.trains_as): both start once the CE run of their seed has finished
-AFTER = {"Syn-LT": "CE", "LA (post hoc)": "CE"}
+# does, ltkit.losses.trains_as); CE-DRW and Syn-LT train exactly as CE until DRW / synthesis starts, so they
+# continue from CE's snapshot there (continue_from): all three start once the CE run of their seed has finished
+AFTER = {"Syn-LT": "CE", "LA (post hoc)": "CE", "CE-DRW": "CE"}
 
 
-def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike) -> dict[str, launch.Overrides]:
-    """``{label: overrides}`` of every method of the kit on ``dataset`` (runs under ``runs_dir``).
+def leaderboard_methods(dataset: str, runs_dir: str | os.PathLike,
+                        epochs: int | None = None) -> dict[str, launch.Overrides]:
+    """``{label: overrides}`` of every method of the kit on ``dataset`` (runs under ``runs_dir``; ``epochs``:
+    the preset's when None).
 
-    Syn-LT's and LA (post hoc)'s overrides are functions of the seed: Syn-LT's ``g`` is
-    ``runs_dir/ce-s<seed>``, and LA (post hoc) evaluates that run's weights with the adjusted
-    prediction rule (``weights_from``: it trains exactly as CE, so training it again would
-    only repeat CE's run); train ``CE`` first (:func:`train_leaderboard` does, :data:`AFTER`).
+    The overrides of the methods that read the CE run of their seed, ``runs_dir/ce-s<seed>``,
+    are functions of the seed (train ``CE`` first: :func:`train_leaderboard` does, :data:`AFTER`):
+
+    - Syn-LT's classifier ``g`` is that run, as in M2m;
+    - LA (post hoc) evaluates its final weights with the adjusted prediction rule
+      (``weights_from``: it trains exactly as CE, so training it again would only repeat CE);
+    - CE-DRW and Syn-LT train exactly as CE until DRW switches on / synthesis starts, so they
+      continue from CE's snapshot at that epoch (``continue_from``; CE keeps it,
+      ``snapshot_epochs``) instead of repeating CE's first 80 epochs.  Their records are the
+      ones training from scratch gives (``tests/test_train.py``); without the snapshot they
+      train from scratch.
     """
     from .methods import feedback, synlt
+
+    epochs = epochs or train.PRESETS[dataset]["epochs"]
+    synthesis_start = round(0.8 * epochs)  # Syn-LT's default start_epoch
+    drw_continues = DRW_EPOCH < epochs  # else CE-DRW *is* CE: nothing to continue
 
     def ce_run(seed: int) -> str:
         return str(Path(runs_dir) / launch.grid_run_name("CE", seed))
 
+    def ce_drw(seed: int) -> dict:
+        return {**LOSS_BASELINES["CE-DRW"], **(dict(continue_from=ce_run(seed)) if drw_continues else {})}
+
     def syn_lt(seed: int) -> dict:
-        return dict(loss="ce", method="synlt", method_params={**synlt.QUICK_PARAMS, "g_run": ce_run(seed)})
+        return dict(loss="ce", method="synlt", method_params={**synlt.QUICK_PARAMS, "g_run": ce_run(seed)},
+                    continue_from=ce_run(seed))
 
     def la_post_hoc(seed: int) -> dict:  # CE's weights, adjusted at prediction: evaluated, not trained again
         return dict(loss="la-posthoc", weights_from=ce_run(seed))
 
+    shared = sorted({e for e in (DRW_EPOCH, synthesis_start) if 0 < e < epochs})  # where CE-DRW, Syn-LT part
     methods: dict[str, launch.Overrides] = {
         **LOSS_BASELINES,
+        "CE": dict(LOSS_BASELINES["CE"], snapshot_epochs=shared),
+        "CE-DRW": ce_drw,
         "LA (post hoc)": la_post_hoc,
         "CE + CMO": dict(loss="ce", method="cmo"),
         "BS + CMO": dict(loss="bs", method="cmo"),
@@ -108,7 +130,7 @@ def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = SEEDS, 
     read the CE run of their seed (:data:`AFTER`: Syn-LT, LA (post hoc); ``only`` with one
     of them trains CE too) start as soon as that run has finished.
     """
-    methods = leaderboard_methods(dataset, runs_dir)
+    methods = leaderboard_methods(dataset, runs_dir, common.get("epochs"))
     if only is not None:
         unknown = [label for label in only if label not in methods]
         if unknown:

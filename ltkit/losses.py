@@ -89,6 +89,7 @@ Departures from the released code (what and why)
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Sequence
 
@@ -103,6 +104,8 @@ __all__ = [
     "LOSS_NAMES",
     "POST_HOC",
     "trains_as",
+    "deferred",
+    "Switch",
     "is_post_hoc",
     "CB_LOSS_TYPES",
     "LTLoss",
@@ -566,6 +569,7 @@ class CEDRWLoss(_DRW, CELoss):
     """
 
     name = "ce-drw"
+    before_switch = "ce"
     needs_positive_counts = True
 
     def __init__(self, class_counts: Counts, drw_epoch: int = 160, beta: float = 0.9999) -> None:
@@ -585,6 +589,7 @@ class FocalDRWLoss(_DRW, FocalLoss):
     """
 
     name = "focal-drw"
+    before_switch = "focal"
     needs_positive_counts = True
     divide_by = "samples"
 
@@ -616,6 +621,7 @@ class LDAMDRWLoss(_DRW, LDAMLoss):
     """
 
     name = "ldam-drw"
+    before_switch = "ldam"
 
     def __init__(
         self,
@@ -689,6 +695,27 @@ class PostHocLogitAdjustedLoss(CELoss):
 def trains_as(name: str) -> str:
     """The loss whose training ``name`` repeats exactly (itself, except for post-hoc rules: ``la-posthoc`` -> ``ce``)."""
     return getattr(_REGISTRY.get(name), "trains_as", None) or name
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch:
+    """A loss that is another loss until an epoch: ``before`` with ``before_params`` until ``epoch``."""
+
+    before: str
+    before_params: dict
+    epoch: int
+
+
+def deferred(name: str, class_counts: Counts, params: dict | None = None) -> Switch | None:
+    """The loss ``name`` (with ``params``) is before its deferred re-weighting switches on, and the epoch it
+    does (``ce-drw`` -> ``ce``, ``focal-drw`` -> ``focal``, ``ldam-drw`` -> ``ldam`` until ``drw_epoch``:
+    their weights are off until then, the very same computation); None for a loss without a switch."""
+    loss = make_loss(name, class_counts, **(params or {}))
+    before = getattr(loss, "before_switch", None)
+    if before is None:
+        return None
+    kept = {k: v for k, v in (params or {}).items() if k not in ("drw_epoch", "beta")}
+    return Switch(before, kept, loss.drw_epoch)
 
 
 def is_post_hoc(name: str) -> bool:

@@ -540,7 +540,10 @@ def _claim(run_dir: Path, config: dict, if_exists: str, defaults: dict) -> str:
     return "finished" if finished else "resume"
 
 
-_VOLATILE = {"if_exists", "progress", "out_dir", "name", "label", "num_workers", "device", "threads"}
+# fields that do not change a run's result (``continue_from`` / ``snapshot_epochs``: a continued run's record is
+# the one training from scratch gives)
+_VOLATILE = {"if_exists", "progress", "out_dir", "name", "label", "num_workers", "device", "threads",
+             "continue_from", "snapshot_epochs"}
 
 
 # =========================================================================== reading records

@@ -138,6 +138,12 @@ class TrainConfig:
     # a finished run whose final weights this run evaluates instead of training: a post-hoc loss (``la-posthoc``)
     # trains exactly as the loss it adjusts (CE), so it reads that run's weights (same recipe, checked)
     weights_from: str | None = None
+    # a finished run that trains exactly as this one until the epoch where this run's loss or method starts to
+    # differ (a DRW switch, Syn-LT's start; checked): this run starts from that run's snapshot at that epoch
+    # instead of repeating the epochs before it, and its record is the one training from scratch gives (tested).
+    # Without the snapshot (the source's ``snapshot_epochs``) the run trains from scratch.
+    continue_from: str | None = None
+    snapshot_epochs: list = field(default_factory=list)  # keep the training state after these many epochs
     deterministic: bool = True
     progress: bool = True
     out_dir: str = "runs"
@@ -244,6 +250,12 @@ def validate(config: TrainConfig) -> None:
         raise checks.InputError(f"weights_from={config.weights_from!r} evaluates another run's weights, which only a "
                                 f"post-hoc loss can reuse ({', '.join(losses.POST_HOC)}); loss={config.loss!r} "
                                 "trains differently: leave weights_from=None.")
+    for i, epoch in enumerate(config.snapshot_epochs):
+        checks.integer(f"snapshot_epochs[{i}]", epoch, low=1, high=config.epochs - 1,
+                       hint="epochs after which the training state is kept, for runs that continue from it")
+    if config.continue_from is not None and config.weights_from is not None:
+        raise checks.InputError("continue_from and weights_from are both set: a post-hoc run trains nothing, so it "
+                                "continues nothing; leave continue_from=None.")
     if config.few > config.many:
         raise checks.InputError(f"few={config.few} > many={config.many}: the few-shot threshold must not exceed the "
                                 "many-shot one (the papers use many=100, few=20).")
@@ -328,6 +340,11 @@ class Method:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def inert_until(self, config: "TrainConfig") -> float:
+        """The first epoch in which this method changes training (0: from the start; ``TrainConfig.continue_from``
+        continues a run without the method up to it).  A method that acts later overrides this."""
+        return 0
 
 
 _METHODS: dict[str, type[Method]] = {"none": Method}
@@ -833,6 +850,7 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is the global batch: it must be divisible by the {world} processes.")
     source = _weights_source(config, world) if config.weights_from is not None else None  # before writing
+    snapshot = continuation(config) if config.continue_from is not None else None
     run_dir = runs.run_path(config.out_dir, config.run_name())
     status = _prepare(run_dir, config, rank)
     if status == "finished":
@@ -840,14 +858,15 @@ def _fit(config: TrainConfig, data: Any) -> dict:
     try:
         if source is not None:
             return _evaluate_weights_from(config, source, data, run_dir, device)
-        return _train_run(config, data, run_dir, status, device, rank, world, local_rank)
+        return _train_run(config, data, run_dir, status, device, rank, world, local_rank,
+                          snapshot if status == "new" else None)
     finally:
         if rank == 0:
             runs.release_run_dir(run_dir)  # the lock taken by _prepare, also when training failed
 
 
 def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, device: torch.device, rank: int,
-               world: int, local_rank: int) -> dict:
+               world: int, local_rank: int, snapshot: Snapshot | None = None) -> dict:
     """Build everything, train the remaining epochs, evaluate, write the record (the run directory is held)."""
     _set_determinism(config)
     data = load_data(config) if data is None else data
@@ -871,6 +890,8 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
         start_epoch = _restore(run_dir / "checkpoint.pt", ctx, method)
         if rank == 0:
             runs.truncate_history(run_dir, start_epoch - 1)
+    elif snapshot is not None:
+        start_epoch = _continue(snapshot, ctx)
     sync_bn = use_sync_bn(config, ctx.model, world)
     if sync_bn:
         ctx.model = convert_sync_bn(ctx.model, device)
@@ -881,6 +902,8 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
         model = torch.compile(model)
     ctx.model = model
     env = {**runs.environment(device, world), **distributed_facts(device, world, sync_bn, config.decoder)}
+    if snapshot is not None:
+        env["continued_from"] = dict(run=str(snapshot.run.resolve()), epoch=snapshot.epoch)
     if rank == 0:
         runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env, class_counts=counts,
                                                       classes=data.classes, data_info=getattr(data, "info", {})))
@@ -890,6 +913,96 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
 # fields in which a post-hoc run may differ from the run whose weights it evaluates
 _POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_dir", *runs._VOLATILE}
 _EVALUATED = ("overall", "many", "medium", "few", "worst", "eval_s")
+
+
+# ------------------------------------------------------------------ continuing another run's shared epochs
+# fields in which a continued run may differ from its source (the loss and the method only where checked)
+_CONTINUE_FREE = {"loss", "loss_params", "method", "method_params", *_POST_HOC_FREE}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Another run's training state after ``epoch`` epochs, which a continued run starts from."""
+
+    run: Path
+    epoch: int
+    history: list[dict]  # the source's history rows of epochs 0 .. epoch - 1
+
+    @property
+    def path(self) -> Path:
+        return snapshot_path(self.run, self.epoch)
+
+
+def snapshot_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """Where a run keeps its training state after ``epoch`` epochs (``TrainConfig.snapshot_epochs``)."""
+    return Path(run_dir) / f"snapshot-{epoch:04d}.pt"
+
+
+def continuation(config: TrainConfig) -> Snapshot | None:
+    """The snapshot of ``config.continue_from`` this run starts from, or None (no snapshot kept at the epoch
+    where the two runs part: the run trains from scratch, with the same result).
+
+    Checked before anything is written (one-line errors): the source is finished; its config equals this one
+    except for the loss, the method and bookkeeping fields; and the epochs before the parting epoch train
+    identically — the losses are equal or this run's is a deferred switch (DRW) of the source's
+    (:func:`ltkit.losses.deferred`), the methods are equal or the source has none and this run's changes
+    nothing before an epoch it names (:meth:`Method.inert_until`, e.g. Syn-LT's ``start_epoch``).
+    """
+    source = Path(config.continue_from)
+    if not (source / "result.json").is_file():
+        raise checks.InputError(f"continue_from={str(source)!r} is not a finished run (no result.json): train it "
+                                "first, or leave continue_from=None.")
+    record = runs.load_run(source)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    stored, mine = {**defaults, **record["config"]}, config.to_dict()
+    differing = sorted(k for k in set(stored) | set(mine) if k not in _CONTINUE_FREE and stored.get(k) != mine.get(k))
+    if differing:
+        raise checks.InputError(f"continue_from={str(source)!r}: its config differs in {differing}, so no epoch of "
+                                "it is shared with this run: point it at a run of the same recipe.")
+    epoch = min(_loss_parts_at(stored, config, record["result"]["class_counts"]), _method_parts_at(stored, config))
+    if not 0 < epoch < config.epochs:
+        when = "from the first epoch" if epoch <= 0 else "never (it is the same run: reuse it)"
+        raise checks.InputError(f"continue_from={str(source)!r}: the two runs part {when}; continue only from a run "
+                                "whose loss or method this run changes later (a DRW switch, Syn-LT's start).")
+    if not snapshot_path(source, epoch).is_file():
+        return None
+    return Snapshot(source, epoch, [row for row in record["history"] if row["epoch"] < epoch])
+
+
+def _loss_parts_at(stored: dict, config: TrainConfig, counts: list[int]) -> float:
+    """The first epoch the two losses train differently (inf: never)."""
+    if (stored["loss"], stored["loss_params"]) == (config.loss, config.loss_params):
+        return math.inf
+    switch = losses.deferred(config.loss, counts, config.loss_params)
+    if switch is not None and (switch.before, switch.before_params) == (stored["loss"], stored["loss_params"]):
+        return switch.epoch
+    return 0
+
+
+def _method_parts_at(stored: dict, config: TrainConfig) -> float:
+    """The first epoch the two methods train differently (inf: never)."""
+    if (stored["method"], stored["method_params"]) == (config.method, config.method_params):
+        return math.inf
+    if stored["method"] != "none":
+        return 0
+    return make_method(config.method, dict(config.method_params)).inert_until(config)
+
+
+def _continue(snapshot: Snapshot, ctx: Context) -> int:
+    """Start from ``snapshot``: the source's weights and optimiser state (this run's loss and method start
+    fresh: they have done nothing different so far) and its history rows; the epoch to train next."""
+    state = runs.load_checkpoint(snapshot.path, map_location=ctx.device)
+    try:
+        ctx.base_model.load_state_dict(state["model"])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        detail = " ".join(str(err).split())
+        raise runs.CheckpointError(f"the snapshot {snapshot.path} does not fit this run ({detail}); leave "
+                                   "continue_from=None to train from scratch.") from err
+    if ctx.rank == 0:
+        for row in snapshot.history:
+            runs.append_history(ctx.run_dir, row)
+    return snapshot.epoch
 
 
 def _weights_source(config: TrainConfig, world: int) -> dict:
@@ -960,6 +1073,8 @@ def _train_epochs(ctx: Context, method: Method, start_epoch: int, history: list[
             runs.append_history(run_dir, row)
             if last or (epoch + 1) % config.checkpoint_every == 0:
                 _checkpoint(run_dir / "checkpoint.pt", ctx, method, epoch)
+            if epoch + 1 in config.snapshot_epochs:
+                _checkpoint(snapshot_path(run_dir, epoch + 1), ctx, method, epoch)
         if last:
             break
     if result is None:  # nothing left to train (resumed after the last epoch was checkpointed)

@@ -266,6 +266,61 @@ def test_a_post_hoc_run_from_ce_weights_equals_a_trained_one(tmp_path):
         assert not (tmp_path / f"bad{i}").exists()  # refused before anything is written
 
 
+_TIMINGS = {"time_s", "data_s", "compute_s", "images_per_s", "peak_memory_mb", "eval_s"}
+
+
+def _same_training(a: dict, b: dict) -> None:
+    """Two records of the same training: history (timings aside), result (wall time aside), final weights."""
+    assert [{k: v for k, v in row.items() if k not in _TIMINGS} for row in a["history"]] == \
+        [{k: v for k, v in row.items() if k not in _TIMINGS} for row in b["history"]]
+    assert {k: v for k, v in a["result"].items() if k != "wall_time_s"} == \
+        {k: v for k, v in b["result"].items() if k != "wall_time_s"}
+    weights = [runs.load_checkpoint(Path(r["dir"]) / "checkpoint.pt")["model"] for r in (a, b)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_a_continued_run_equals_the_run_trained_from_scratch(tmp_path):
+    """CE-DRW and M2m train exactly as CE until the DRW switch / the synthesis start: continuing from CE's
+    snapshot there (continue_from) gives the record training from scratch gives, bit for bit, from fewer
+    epochs; without the snapshot the run trains from scratch (same record again)."""
+    common = dict(epochs=6, eval_every=2, checkpoint_every=1, seed=1, out_dir=str(tmp_path), progress=False)
+    ce = train.fit("digits-lt", loss="ce", name="ce", snapshot_epochs=[4], **common)
+    assert train.snapshot_path(ce["dir"], 4).is_file()
+    m2m = dict(method="m2m", method_params={"start_epoch": 4, "g_run": ce["dir"]})
+    for name, overrides in (("drw", dict(loss="ce-drw", loss_params={"drw_epoch": 4})), ("m2m", m2m)):
+        scratch = train.fit("digits-lt", name=f"{name}-scratch", **overrides, **common)
+        continued = train.fit("digits-lt", name=name, continue_from=ce["dir"], **overrides, **common)
+        _same_training(scratch, continued)
+        assert continued["env"]["continued_from"] == dict(run=str(Path(ce["dir"]).resolve()), epoch=4)
+        assert "continued_from" not in scratch["env"]
+    train.snapshot_path(ce["dir"], 4).unlink()
+    fallback = train.fit("digits-lt", name="drw-no-snapshot", loss="ce-drw", loss_params={"drw_epoch": 4},
+                         continue_from=ce["dir"], **common)
+    _same_training(fallback, runs.load_run(tmp_path / "drw-scratch"))
+    assert "continued_from" not in fallback["env"]
+
+
+def test_continuing_a_run_that_trains_differently_is_refused_before_anything_is_written(tmp_path):
+    common = dict(epochs=4, eval_every=2, seed=1, out_dir=str(tmp_path), progress=False)
+    ce = train.fit("digits-lt", loss="ce", name="ce", snapshot_epochs=[2], **common)
+    drw = dict(loss="ce-drw", loss_params={"drw_epoch": 2})
+    bad = [(dict(drw, lr=0.01), r"config differs in \['lr'\]"),
+           (dict(loss="bs"), "part from the first epoch"),
+           (dict(loss="ce", method="cmo"), "part from the first epoch"),  # a method that names no later start
+           (dict(loss="ce"), r"part never \(it is the same run"),
+           (dict(loss="ce-drw", loss_params={"drw_epoch": 9}), "part never"),
+           (dict(loss="la-posthoc", weights_from=ce["dir"]), "continue_from and weights_from are both set")]
+    for i, (overrides, message) in enumerate(bad):
+        with pytest.raises(checks.InputError, match=message):
+            train.fit("digits-lt", **{**common, "name": f"bad{i}", "continue_from": ce["dir"], **overrides})
+        assert not (tmp_path / f"bad{i}").exists()
+    with pytest.raises(checks.InputError, match="is not a finished run"):
+        train.fit("digits-lt", **drw, **common, name="x", continue_from=str(tmp_path / "nowhere"))
+    with pytest.raises(checks.InputError, match=r"snapshot_epochs\[0\]=4 must"):
+        train.fit("digits-lt", loss="ce", name="y", snapshot_epochs=[4], **common)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_a_run_failing_in_a_worker_raises_its_own_error(tmp_path):
     methods = {"CE": dict(epochs=1), "never on": dict(method="cmo", epochs=2)}
     with pytest.raises(ValueError, match="would never be on"):

@@ -235,6 +235,8 @@ def test_leaderboard_trains_every_method_and_reports_one_table(tmp_path):
     records = demo.train_leaderboard("digits-lt", (0,), runs_dir=tmp_path / "digits-lt", epochs=3, progress=False)
     assert list(records) == list(demo.leaderboard_methods("digits-lt", tmp_path))
     assert records["Syn-LT"][0]["config"]["method_params"]["g_run"] == records["CE"][0]["dir"]
+    # Syn-LT trains as CE until its synthesis starts (epoch round(0.8 * 3) = 2): it continued from CE's snapshot
+    assert records["Syn-LT"][0]["env"]["continued_from"]["epoch"] == 2
     table = demo.leaderboard_table({"digits-lt": records})
     assert table.index.tolist() == [("digits-lt", label) for label in records]
     assert table.loc[("digits-lt", "BS"), "overall"].startswith(f"{100 * records['BS'][0]['result']['overall']:.1f} ±")

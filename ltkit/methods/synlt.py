@@ -595,6 +595,10 @@ class M2m(train.Method):
         counts = torch.bincount(self._labels_cpu, minlength=ctx.data.num_classes).double()
         self._draw_weights = 1 / counts.clamp_min(1)[self._labels_cpu]
 
+    def inert_until(self, config: train.TrainConfig) -> float:
+        """Plain training until ``start_epoch`` (every hook is a no-op before it)."""
+        return self.start_epoch if self.start_epoch is not None else round(0.8 * config.epochs)
+
     def active(self, epoch: int) -> bool:
         return self.start_epoch is not None and epoch >= self.start_epoch
 
