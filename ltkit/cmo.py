@@ -1,4 +1,4 @@
-"""Deprecated: ``ltkit.methods.cmo`` moved to :mod:`ltkit.methods.cmo`; this alias goes in the next release."""
+"""Deprecated: ``ltkit.cmo`` moved to :mod:`ltkit.methods.cmo`; this alias goes in the next release."""
 
 import importlib
 import sys

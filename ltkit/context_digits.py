@@ -54,12 +54,13 @@ per image), ``test_glyph`` (which of the 300 test glyphs each test image is).
 
 Measuring the context effect
 ----------------------------
-:func:`group_accuracy_by_background` re-evaluates a trained run (its
-``checkpoint.pt``) or a model on the test set and returns the accuracy of every
-(class, background) group, the **worst group**, and the mean accuracy on
-(class, background) pairs that were **seen** in training against those that
-were **unseen** — the gap CMO is meant to close.  :func:`context_table`
-summarises several seeds per method as ``mean ± std``.
+This module holds the data only.  :func:`ltkit.context_analysis.group_accuracy_by_background`
+(above the engine: it rebuilds trained runs) re-evaluates a trained run or a model
+on the test set and returns the accuracy of every (class, background) group, the
+**worst group**, and the mean accuracy on (class, background) pairs that were
+**seen** in training against those that were **unseen** — the gap CMO is meant to
+close.  :func:`ltkit.context_analysis.context_table` summarises several seeds per
+method as ``mean ± std``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Deprecated: ``ltkit.methods.cws`` moved to :mod:`ltkit.methods.cws`; this alias goes in the next release."""
+"""Deprecated: ``ltkit.cws`` moved to :mod:`ltkit.methods.cws`; this alias goes in the next release."""
 
 import importlib
 import sys

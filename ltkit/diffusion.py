@@ -1,4 +1,4 @@
-"""Deprecated: ``ltkit.methods.diffusion`` moved to :mod:`ltkit.methods.diffusion`; this alias goes in the next release."""
+"""Deprecated: ``ltkit.diffusion`` moved to :mod:`ltkit.methods.diffusion`; this alias goes in the next release."""
 
 import importlib
 import sys

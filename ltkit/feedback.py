@@ -1,4 +1,4 @@
-"""Deprecated: ``ltkit.methods.feedback`` moved to :mod:`ltkit.methods.feedback`; this alias goes in the next release."""
+"""Deprecated: ``ltkit.feedback`` moved to :mod:`ltkit.methods.feedback`; this alias goes in the next release."""
 
 import importlib
 import sys

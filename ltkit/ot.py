@@ -1,4 +1,4 @@
-"""Deprecated: ``ltkit.methods.ot`` moved to :mod:`ltkit.methods.ot`; this alias goes in the next release."""
+"""Deprecated: ``ltkit.ot`` moved to :mod:`ltkit.methods.ot`; this alias goes in the next release."""
 
 import importlib
 import sys

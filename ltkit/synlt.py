@@ -1,4 +1,4 @@
-"""Deprecated: ``ltkit.methods.synlt`` moved to :mod:`ltkit.methods.synlt`; this alias goes in the next release."""
+"""Deprecated: ``ltkit.synlt`` moved to :mod:`ltkit.methods.synlt`; this alias goes in the next release."""
 
 import importlib
 import sys

@@ -220,9 +220,11 @@ def validate(config: TrainConfig) -> None:
             raise checks.InputTypeError(f"config field {f.name!r} expects {f.type}, got {type(value).__name__} "
                                         f"{value!r}.")
     choices = dict(dataset=ltdata.DATASETS, model=models.MODEL_NAMES, loss=losses.LOSS_NAMES,
-                   sampler=sampling.SAMPLER_KINDS, method=tuple(method_names()), **_CHOICES)
+                   sampler=sampling.SAMPLER_KINDS, **_CHOICES)
     for name, valid in choices.items():
         checks.choice(name, getattr(config, name), valid)
+    if config.method not in _METHODS:  # the methods wing is imported only for a method the engine does not know
+        checks.choice("method", config.method, method_names())
     for name in _AT_LEAST_ONE:
         checks.integer(name, getattr(config, name), low=1)
     for name in _AT_LEAST_ZERO:
@@ -911,8 +913,58 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
 
 
 # fields in which a post-hoc run may differ from the run whose weights it evaluates
+# ------------------------------------------------------------------ post-hoc runs: another run's weights, evaluated
 _POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_dir", *runs._VOLATILE}
 _EVALUATED = ("overall", "many", "medium", "few", "worst", "eval_s")
+
+
+def _weights_source(config: TrainConfig, world: int) -> dict:
+    """The record of ``config.weights_from``, checked: finished, and trained with this run's recipe by a loss
+    that trains as this run's loss does (so its weights *are* this run's weights); one-line errors otherwise."""
+    source = Path(config.weights_from)
+    if world > 1:
+        raise checks.InputError("weights_from evaluates on one process: run it without torchrun.")
+    if not (source / "result.json").is_file():
+        raise checks.InputError(f"weights_from={str(source)!r} is not a finished run (no result.json): train it first.")
+    record = runs.load_run(source)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    stored, mine = {**defaults, **record["config"]}, config.to_dict()
+    differing = sorted(k for k in set(stored) | set(mine) if k not in _POST_HOC_FREE and stored.get(k) != mine.get(k))
+    if differing or losses.trains_as(stored["loss"]) != losses.trains_as(config.loss):
+        why = f"its config differs in {differing}" if differing else f"its loss {stored['loss']!r} trains differently"
+        raise checks.InputError(f"weights_from={str(source)!r}: {why}; a post-hoc run reuses the weights of the "
+                                "same training only. Point it at a run of the same recipe, or train this one.")
+    return record
+
+
+def _evaluate_weights_from(config: TrainConfig, record: dict, data: Any, run_dir: Path, device: torch.device) -> dict:
+    """A post-hoc run: the final weights of ``config.weights_from`` (checked by :func:`_weights_source`),
+    evaluated with this run's prediction rule; nothing is trained.  The record keeps the source's training
+    history (train loss, timings) and this run's final evaluation.
+    """
+    source = Path(config.weights_from)
+    trained = load_trained(source, data)
+    ctx = trained.context
+    ctx.device, ctx.model = device, trained.model.to(device)
+    ctx.loss_fn = losses.make_loss(config.loss, trained.data.class_counts, **config.loss_params).to(device)
+    ctx.config = config
+    result = evaluate_test_set(ctx)
+    state = runs.load_checkpoint(source / "checkpoint.pt", map_location="cpu")
+    runs.save_checkpoint(run_dir / "checkpoint.pt", {**state, "loss": ctx.loss_fn.state_dict(),
+                                                      "config": config.to_dict()})
+    history = [{k: v for k, v in row.items() if k not in _EVALUATED} for row in record["history"]]
+    history[-1].update({k: result[k] for k in _EVALUATED[:-1]})
+    for row in history:
+        runs.append_history(run_dir, row)
+    env = {**runs.environment(device, 1), "weights_from": str(source.resolve())}
+    runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env,
+                                                  class_counts=trained.data.class_counts, classes=trained.data.classes,
+                                                  data_info=getattr(trained.data, "info", {})))
+    kept = ("epochs", "final_epoch", "world_size", "stopped_at_step")
+    result.update({k: record["result"][k] for k in kept if k in record["result"]},
+                  class_counts=trained.data.class_counts, wall_time_s=record["result"].get("wall_time_s"))
+    runs.write_json(run_dir / "result.json", result)
+    return runs.load_run(run_dir)
 
 
 # ------------------------------------------------------------------ continuing another run's shared epochs
@@ -1005,91 +1057,6 @@ def _continue(snapshot: Snapshot, ctx: Context) -> int:
     return snapshot.epoch
 
 
-def _weights_source(config: TrainConfig, world: int) -> dict:
-    """The record of ``config.weights_from``, checked: finished, and trained with this run's recipe by a loss
-    that trains as this run's loss does (so its weights *are* this run's weights); one-line errors otherwise."""
-    source = Path(config.weights_from)
-    if world > 1:
-        raise checks.InputError("weights_from evaluates on one process: run it without torchrun.")
-    if not (source / "result.json").is_file():
-        raise checks.InputError(f"weights_from={str(source)!r} is not a finished run (no result.json): train it first.")
-    record = runs.load_run(source)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    stored, mine = {**defaults, **record["config"]}, config.to_dict()
-    differing = sorted(k for k in set(stored) | set(mine) if k not in _POST_HOC_FREE and stored.get(k) != mine.get(k))
-    if differing or losses.trains_as(stored["loss"]) != losses.trains_as(config.loss):
-        why = f"its config differs in {differing}" if differing else f"its loss {stored['loss']!r} trains differently"
-        raise checks.InputError(f"weights_from={str(source)!r}: {why}; a post-hoc run reuses the weights of the "
-                                "same training only. Point it at a run of the same recipe, or train this one.")
-    return record
-
-
-def _evaluate_weights_from(config: TrainConfig, record: dict, data: Any, run_dir: Path, device: torch.device) -> dict:
-    """A post-hoc run: the final weights of ``config.weights_from`` (checked by :func:`_weights_source`),
-    evaluated with this run's prediction rule; nothing is trained.  The record keeps the source's training
-    history (train loss, timings) and this run's final evaluation.
-    """
-    source = Path(config.weights_from)
-    trained = load_trained(source, data)
-    ctx = trained.context
-    ctx.device, ctx.model = device, trained.model.to(device)
-    ctx.loss_fn = losses.make_loss(config.loss, trained.data.class_counts, **config.loss_params).to(device)
-    ctx.config = config
-    result = evaluate_test_set(ctx)
-    state = runs.load_checkpoint(source / "checkpoint.pt", map_location="cpu")
-    runs.save_checkpoint(run_dir / "checkpoint.pt", {**state, "loss": ctx.loss_fn.state_dict(),
-                                                      "config": config.to_dict()})
-    history = [{k: v for k, v in row.items() if k not in _EVALUATED} for row in record["history"]]
-    history[-1].update({k: result[k] for k in _EVALUATED[:-1]})
-    for row in history:
-        runs.append_history(run_dir, row)
-    env = {**runs.environment(device, 1), "weights_from": str(source.resolve())}
-    runs.write_json(run_dir / "config.json", dict(config=config.to_dict(), env=env,
-                                                  class_counts=trained.data.class_counts, classes=trained.data.classes,
-                                                  data_info=getattr(trained.data, "info", {})))
-    kept = ("epochs", "final_epoch", "world_size", "stopped_at_step")
-    result.update({k: record["result"][k] for k in kept if k in record["result"]},
-                  class_counts=trained.data.class_counts, wall_time_s=record["result"].get("wall_time_s"))
-    runs.write_json(run_dir / "result.json", result)
-    return runs.load_run(run_dir)
-
-
-def _train_epochs(ctx: Context, method: Method, start_epoch: int, history: list[dict]) -> dict:
-    """The epoch loop: train, evaluate when due, append history, checkpoint; then the final result."""
-    config, rank, run_dir = ctx.config, ctx.rank, ctx.run_dir
-    started = time.time()
-    result = None
-    epochs = range(start_epoch, config.epochs)
-    for epoch in progress_bar(epochs, len(epochs), config.run_name(), config.progress and rank == 0):
-        row = _train_epoch(ctx, method, epoch)
-        last = epoch == config.epochs - 1 or row.get("stopped_at_step") is not None
-        if last or (epoch + 1) % config.eval_every == 0:
-            evaluated = time.perf_counter()
-            result = evaluate_test_set(ctx)
-            row.update({k: result[k] for k in ("overall", "many", "medium", "few", "worst")},
-                       eval_s=round(time.perf_counter() - evaluated, 4))
-        history.append(row)
-        if rank == 0:
-            runs.append_history(run_dir, row)
-            if last or (epoch + 1) % config.checkpoint_every == 0:
-                _checkpoint(run_dir / "checkpoint.pt", ctx, method, epoch)
-            if epoch + 1 in config.snapshot_epochs:
-                _checkpoint(snapshot_path(run_dir, epoch + 1), ctx, method, epoch)
-        if last:
-            break
-    if result is None:  # nothing left to train (resumed after the last epoch was checkpointed)
-        result = evaluate_test_set(ctx)
-    final = history[-1]["epoch"] if history else config.epochs - 1
-    result.update(class_counts=ctx.class_counts, epochs=config.epochs, final_epoch=final,
-                  wall_time_s=round(time.time() - started, 3), world_size=ctx.world_size)
-    if history and history[-1].get("stopped_at_step") is not None:
-        result["stopped_at_step"] = history[-1]["stopped_at_step"]  # a rehearsal (max_steps): not a final result
-    if rank == 0:
-        runs.write_json(run_dir / "result.json", result)
-    _barrier()
-    return runs.load_run(run_dir)
-
-
 # =========================================================================== batch norm and facts
 def use_sync_bn(config: TrainConfig, model: nn.Module, world: int) -> bool:
     """``config.sync_bn``, or (``None``) whether the model has batch norm and more than one process trains it."""
@@ -1154,6 +1121,7 @@ def distributed_facts(device: torch.device, world: int, sync_bn: bool, config_de
     return facts
 
 
+# =========================================================================== run folders and the epoch loop
 def _prepare(run_dir: Path, config: TrainConfig, rank: int) -> str:
     """Rank 0 decides (and creates the folder); the others follow its decision."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
@@ -1168,6 +1136,42 @@ def _prepare(run_dir: Path, config: TrainConfig, rank: int) -> str:
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _train_epochs(ctx: Context, method: Method, start_epoch: int, history: list[dict]) -> dict:
+    """The epoch loop: train, evaluate when due, append history, checkpoint; then the final result."""
+    config, rank, run_dir = ctx.config, ctx.rank, ctx.run_dir
+    started = time.time()
+    result = None
+    epochs = range(start_epoch, config.epochs)
+    for epoch in progress_bar(epochs, len(epochs), config.run_name(), config.progress and rank == 0):
+        row = _train_epoch(ctx, method, epoch)
+        last = epoch == config.epochs - 1 or row.get("stopped_at_step") is not None
+        if last or (epoch + 1) % config.eval_every == 0:
+            evaluated = time.perf_counter()
+            result = evaluate_test_set(ctx)
+            row.update({k: result[k] for k in ("overall", "many", "medium", "few", "worst")},
+                       eval_s=round(time.perf_counter() - evaluated, 4))
+        history.append(row)
+        if rank == 0:
+            runs.append_history(run_dir, row)
+            if last or (epoch + 1) % config.checkpoint_every == 0:
+                _checkpoint(run_dir / "checkpoint.pt", ctx, method, epoch)
+            if epoch + 1 in config.snapshot_epochs:
+                _checkpoint(snapshot_path(run_dir, epoch + 1), ctx, method, epoch)
+        if last:
+            break
+    if result is None:  # nothing left to train (resumed after the last epoch was checkpointed)
+        result = evaluate_test_set(ctx)
+    final = history[-1]["epoch"] if history else config.epochs - 1
+    result.update(class_counts=ctx.class_counts, epochs=config.epochs, final_epoch=final,
+                  wall_time_s=round(time.time() - started, 3), world_size=ctx.world_size)
+    if history and history[-1].get("stopped_at_step") is not None:
+        result["stopped_at_step"] = history[-1]["stopped_at_step"]  # a rehearsal (max_steps): not a final result
+    if rank == 0:
+        runs.write_json(run_dir / "result.json", result)
+    _barrier()
+    return runs.load_run(run_dir)
 
 
 def _train_epoch(ctx: Context, method: Method, epoch: int) -> dict:
@@ -1259,6 +1263,7 @@ def _check_divergence(ctx: Context, epoch: int, train_loss: float, lr: float) ->
                             "again with if_exists='overwrite'.")
 
 
+# =========================================================================== checkpoints
 def _checkpoint(path: Path, ctx: Context, method: Method, epoch: int) -> None:
     runs.save_checkpoint(path, dict(
         epoch=epoch, model=ctx.base_model.state_dict(), optimizer=ctx.optimizer.state_dict(),

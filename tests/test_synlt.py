@@ -1,4 +1,4 @@
-"""Syn-LT: entropic OT (ltkit.ot) against POT's exact solver and finite differences; the M2m/Syn-LT
+"""Syn-LT: entropic OT (ltkit.methods.ot) against POT's exact solver and finite differences; the M2m/Syn-LT
 synthesizer's sampling rules, range and acceptance bookkeeping; joint training (resume, DDP, bad input)."""
 
 import dataclasses
