@@ -93,7 +93,7 @@ def _one_line(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- containers
-def class_counts(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[int]:
+def count_labels(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[int]:
     """Images per class (a label outside ``[0, num_classes)`` or a class with no images is an error)."""
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
@@ -125,7 +125,7 @@ class TensorData:
 
     @property
     def class_counts(self) -> list[int]:
-        return class_counts(self.y_train, self.num_classes)
+        return count_labels(self.y_train, self.num_classes)
 
     def __repr__(self) -> str:
         return (
@@ -342,7 +342,7 @@ def load_cifar_lt(
         raise DataError(f"{meta_path}: '{base.meta['key']}' should list {num_classes} class names, got "
                         f"{len(names) if isinstance(names, list) else type(names).__name__}; {fix}.")
     n_max = {10: 5000, 100: 500}[num_classes]
-    available = class_counts(y_train, num_classes)
+    available = count_labels(y_train, num_classes)
     n_max = min(n_max, max(available))  # lets a test use a tiny file in the real format
     counts = profiles.exponential_profile(num_classes, n_max, imbalance_factor)
     idx = lt_subset_indices(y_train, counts, subset, seed)
@@ -511,7 +511,7 @@ class FileData:
 
     @property
     def class_counts(self) -> list[int]:
-        return class_counts(self.train.targets, self.num_classes)
+        return count_labels(self.train.targets, self.num_classes)
 
     @property
     def classes(self) -> list[str]:

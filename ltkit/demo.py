@@ -187,7 +187,7 @@ def leaderboard_table(records_by_dataset: dict[str, dict[str, list[dict]]]):
     return pandas.concat(tables, names=["data set", "method"])
 
 
-def plot_leaderboard(records_by_dataset: dict[str, dict[str, list[dict]]], path: Path) -> Path:
+def save_leaderboard_figure(records_by_dataset: dict[str, dict[str, list[dict]]], path: Path) -> Path:
     plots.use_style()
     fig, axes = plots.panels(len(records_by_dataset), size=(6.5, 6.0))
     for ax, (dataset, records) in zip(axes, records_by_dataset.items()):
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     print(leaderboard_table(records).to_string())
     if "context-digits-lt" in records:
         print("\ncontext-digits-lt has no feedback-fill row: the committed diffusion generator knows the plain digits only.")
-    path = plot_leaderboard(records, out / "leaderboard.png")
+    path = save_leaderboard_figure(records, out / "leaderboard.png")
     print(f"\nruns: {out / 'leaderboard'}/   plot: {path}   ({time.time() - started:.0f} s)")
 
 

@@ -103,7 +103,7 @@ def archive_format(path: str | os.PathLike) -> str:
 
 @dataclasses.dataclass
 class RunsTree:
-    """What :func:`collect_runs` found: files to pack and run folders (POSIX paths relative to the base folder)."""
+    """What :func:`run_files` found: files to pack and run folders (POSIX paths relative to the base folder)."""
 
     files: list[str]
     runs: list[str]
@@ -114,7 +114,7 @@ def _skipped_name(name: str) -> bool:
     return name in _SKIP_NAMES or bool(_TMP_FILE.match(name))
 
 
-def collect_runs(base: str | os.PathLike = ".", roots: Sequence[str] | None = None, *,
+def run_files(base: str | os.PathLike = ".", roots: Sequence[str] | None = None, *,
                  include_unfinished: bool = False, exclude: Iterable[str | os.PathLike] = ()) -> RunsTree:
     """The files under the runs folders ``roots`` (relative to ``base``; default: those of :data:`DEFAULT_RUNS_ROOTS` that exist).
 
@@ -187,7 +187,7 @@ class PackReport:
 
 def pack_runs(archive: str | os.PathLike = DEFAULT_RUNS_ARCHIVE, base: str | os.PathLike = ".",
               roots: Sequence[str] | None = None, *, include_unfinished: bool = False) -> PackReport:
-    """Pack the finished runs under ``base``'s runs folders into one archive (see :func:`collect_runs`).
+    """Pack the finished runs under ``base``'s runs folders into one archive (see :func:`run_files`).
 
     The format follows the name (``.tar.gz``, ``.tar``, ``.zip``); paths inside
     are relative to ``base`` (``runs/...``, ``notebooks/runs/...``), file modes
@@ -196,7 +196,7 @@ def pack_runs(archive: str | os.PathLike = DEFAULT_RUNS_ARCHIVE, base: str | os.
     """
     archive, base = Path(archive), Path(base)
     kind = archive_format(archive)
-    tree = collect_runs(base, roots, include_unfinished=include_unfinished, exclude=[archive])
+    tree = run_files(base, roots, include_unfinished=include_unfinished, exclude=[archive])
     if not tree.files:
         where = ", ".join(roots or DEFAULT_RUNS_ROOTS)
         raise RoomError(f"no finished runs under {base.resolve()} ({where}): train some first (make demo, or run the notebooks)")

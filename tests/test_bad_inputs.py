@@ -657,7 +657,7 @@ PUBLIC_CASES = [
     case("C-digits-seed-negative", lambda: data.load_digits_lt(seed=-1), ["seed=-1", "data_seed"], VALUE),
     case("C-digits-test-per-class", lambda: data.load_digits_lt(test_per_class=500), ["test_per_class=500", "[1, "],
          VALUE),
-    case("C-class-counts-label-range", lambda: data.class_counts([0, 5], 2), ["label 5", "[0, 2)", "relabel"], VALUE),
+    case("C-class-counts-label-range", lambda: data.count_labels([0, 5], 2), ["label 5", "[0, 2)", "relabel"], VALUE),
     case("C-load-dataset-unknown", lambda: data.load_dataset("mnist-lt"), ["'mnist-lt'", "digits-lt"], VALUE),
     case("C-load-dataset-option", lambda: data.load_dataset("imagenet-lt", root=".", imbalance_factor=10),
          ["takes no imbalance_factor", "valid: check_files"], VALUE),

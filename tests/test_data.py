@@ -371,9 +371,9 @@ def test_load_dataset_refuses_options_the_loader_does_not_take(tmp_path):
 
 def test_class_counts_refuse_labels_out_of_range():
     with pytest.raises(data.DataError, match=r"label 10 \(index 2, 1 such labels\) is outside \[0, 10\)"):
-        data.class_counts(torch.tensor([0, 1, 10]), 10)
+        data.count_labels(torch.tensor([0, 1, 10]), 10)
     with pytest.raises(data.DataError, match=r"label -1 \(index 0"):
-        data.class_counts([-1, 0, 1], 2)
+        data.count_labels([-1, 0, 1], 2)
 
 
 # --------------------------------------------------------------------------- image decoders

@@ -240,7 +240,7 @@ def test_leaderboard_trains_every_method_and_reports_one_table(tmp_path):
     table = demo.leaderboard_table({"digits-lt": records})
     assert table.index.tolist() == [("digits-lt", label) for label in records]
     assert table.loc[("digits-lt", "BS"), "overall"].startswith(f"{100 * records['BS'][0]['result']['overall']:.1f} ±")
-    path = demo.plot_leaderboard({"digits-lt": records}, tmp_path / "leaderboard.png")
+    path = demo.save_leaderboard_figure({"digits-lt": records}, tmp_path / "leaderboard.png")
     assert path.stat().st_size > 10_000
 
 
