@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any, Iterable, Sequence
 
 __all__ = ["LtkitError", "InputError", "InputTypeError", "real", "integer", "flag", "choice", "class_counts",
@@ -43,6 +44,11 @@ class InputTypeError(LtkitError, TypeError):
 
 def _suffix(hint: str) -> str:
     return f" ({hint})" if hint else ""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _num(value: float) -> str:
@@ -75,8 +81,13 @@ def real(name: str, value: Any, *, low: float | None = None, high: float | None 
     return float(value)
 
 
-def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None, hint: str = "") -> int:
-    """``value`` as an int in ``[low, high]`` (a float such as ``3.0`` is refused: say 3)."""
+def integer(name: str, value: Any, *, low: int | None = None, high: int | None = None, hint: str = "",
+            whole_floats: bool = False) -> int:
+    """``value`` as an int in ``[low, high]`` (a float such as ``3.0`` is refused, say 3, unless ``whole_floats``)."""
+    if whole_floats and isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        if not real(name, value, hint=hint).is_integer():
+            raise InputError(f"{name}={value!r} must be a whole number{_suffix(hint)}.")
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputTypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}{_suffix(hint)}.")
     if not _in_range(value, low, high, False, False):
@@ -101,16 +112,23 @@ def choice(name: str, value: Any, choices: Iterable[Any], hint: str = "") -> Any
 
 def class_counts(counts: Any, name: str = "class_counts", *, min_classes: int = 1,
                  positive: bool = False) -> list[int]:
-    """A sequence of non-negative integer class sizes (``positive``: every class has an image)."""
+    """A flat sequence of non-negative integer class sizes (``positive``: every class has an image)."""
+    example = "one number of images per class, e.g. [500, 120, 8]"
     try:
+        if counts is None or isinstance(counts, (str, bytes, Mapping)):
+            raise TypeError
         values = list(counts.tolist() if hasattr(counts, "tolist") else counts)
     except TypeError:
-        raise InputTypeError(f"{name} must be a sequence of class sizes, got {type(counts).__name__}.") from None
+        raise InputTypeError(f"{name} must be a sequence with {example}, got {type(counts).__name__} "
+                             f"{_short(counts)}.") from None
     if len(values) < min_classes:
-        raise InputError(f"{name} has {len(values)} entries; pass the size of each of at least {min_classes} "
-                         "classes, in class-index order.")
+        raise InputError(f"{name} has {len(values)} entr{'y' if len(values) == 1 else 'ies'}; pass the size of each "
+                         f"of at least {min_classes} classes, in class-index order.")
     for i, n in enumerate(values):
-        if isinstance(n, bool) or not isinstance(n, numbers.Real) or not math.isfinite(n) or n != int(n) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, numbers.Real):
+            raise InputTypeError(f"{name}[{i}]={_short(n)} is a {type(n).__name__}, not a number of images; pass a "
+                                 f"flat list with {example}.")
+        if not math.isfinite(n) or n != int(n) or n < 0:
             raise InputError(f"{name}[{i}]={n!r} must be a non-negative whole number (the images of class {i}).")
         if positive and n == 0:
             raise InputError(f"{name}[{i}] is 0: every class needs at least one training image "
@@ -149,11 +167,21 @@ def type_ok(value: Any, annotation: str) -> bool:
     return False
 
 
+def _valid(meta: Mapping[str, Any]) -> str:
+    """``"; it must lie in [0, 1)"`` / ``"; choose one of: a, b"`` for a field that declares a range, else ``""``."""
+    if meta.get("choices") is not None:
+        return f"; choose one of: {', '.join(map(str, meta['choices']))}"
+    if meta.get("low") is None and meta.get("high") is None:
+        return ""
+    return f"; it must {_interval(meta.get('low'), meta.get('high'), meta.get('low_open'), meta.get('high_open'))}"
+
+
 def check_field(owner: str, f: dataclasses.Field, value: Any) -> Any:
     """Type and range of one declared field (``None`` passes when the annotation allows it)."""
-    if not type_ok(value, str(f.type)):
-        raise InputTypeError(f"{owner}: {f.name} expects {f.type}, got {type(value).__name__} {value!r}.")
     meta = f.metadata
+    if not type_ok(value, str(f.type)):
+        raise InputTypeError(f"{owner}: {f.name} expects {f.type}, got {type(value).__name__} {value!r}"
+                             f"{_valid(meta)}{_suffix(meta.get('hint', ''))}.")
     if value is None:
         return value
     if meta.get("choices") is not None:

@@ -74,6 +74,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import checks
 from .data import TensorData, load_digits_lt
 
 __all__ = [
@@ -245,15 +246,12 @@ def load_context_digits_lt(
         :class:`ltkit.data.TensorData` named ``"context-digits-lt"`` (uint8 ``(N, 3, S, S)``);
         ``info`` describes the context structure (see the module docstring).
     """
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size={image_size!r} must be an integer >= 8 (the glyphs are 8x8); try 16 or 32.")
-    if not isinstance(num_backgrounds, int) or not 2 <= num_backgrounds <= len(BACKGROUND_KINDS):
-        raise ValueError(f"num_backgrounds={num_backgrounds!r} must be an integer in [2, {len(BACKGROUND_KINDS)}].")
+    image_size = checks.integer("image_size", image_size, low=8, hint="the glyphs are 8x8; try 16 or 32")
+    num_backgrounds = checks.integer("num_backgrounds", num_backgrounds, low=2, high=len(BACKGROUND_KINDS),
+                                     hint="how many background kinds")
     glyph_size = min(image_size, max(8, round(0.75 * image_size))) if glyph_size is None else glyph_size
-    if not isinstance(glyph_size, int) or not 4 <= glyph_size <= image_size:
-        raise ValueError(f"glyph_size={glyph_size!r} must be an integer in [4, image_size={image_size}].")
-    if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not 0 <= contrast <= 1:
-        raise ValueError(f"contrast={contrast!r} must be a number in [0, 1].")
+    glyph_size = checks.integer("glyph_size", glyph_size, low=4, high=image_size, hint="at most image_size")
+    contrast = checks.real("contrast", contrast, low=0, high=1, hint="0: flat colours, 1: black stripes")
     arrays, info = _build(float(imbalance_factor), int(n_max), int(seed), image_size, num_backgrounds,
                           int(min_contexts), glyph_size, float(contrast), profile)
     x_train, y_train, x_test, y_test = (torch.from_numpy(a.copy()) for a in arrays)  # fresh tensors every call

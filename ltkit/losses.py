@@ -142,7 +142,7 @@ def _as_counts(class_counts: Counts, *, positive: bool, loss_name: str = "") -> 
     Nominal fractional sizes are accepted (CWS builds a loss over the even split
     ``n_c / K_c`` of a class); whole-number counts get :func:`ltkit.checks.class_counts`.
     """
-    counts = sampling._counts_tensor(class_counts, positive=False)
+    counts = sampling.counts_tensor(class_counts, positive=False)
     if counts.sum() <= 0:
         raise InputError("class_counts sums to 0: pass the training counts of each class.")
     zero = (counts == 0).nonzero().flatten()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ltkit import profiles
+from ltkit import checks, profiles
 from ltkit.profiles import FEW_THRESHOLD, GROUPS, MANY_THRESHOLD, class_groups, group_sizes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,9 +73,8 @@ def confusion_matrix(targets: Tensor, predictions: Tensor, num_classes: int) -> 
     >>> confusion_matrix(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), 3).tolist()
     [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
     """
-    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: pass a positive integer number of classes.")
-    num_classes = int(num_classes)
+    num_classes = checks.integer("num_classes", num_classes, low=1, whole_floats=True,
+                                 hint="pass a positive integer number of classes")
     targets = _as_label_tensor(targets, "targets")
     predictions = _as_label_tensor(predictions, "predictions")
     if targets.numel() != predictions.numel():

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 
 from collections.abc import Sequence
 
@@ -70,19 +69,13 @@ MODEL_NAMES = ("resnet32", "small-cnn", "mlp", "resnet50", "resnext50")
 
 
 def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real) or int(num_classes) != num_classes \
-            or num_classes < 2:
-        raise checks.InputError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    checks.integer("num_classes", num_classes, low=2, hint="a classifier needs at least 2 classes")
 
 
 def _check_size(owner: str, name: str, value: int, low: int, why: str = "") -> int:
     """An integer model parameter (model_params of a config) >= ``low``, or a one-line error naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise checks.InputTypeError(f"{owner}: {name} must be an integer, got {type(value).__name__} {value!r} "
-                                    f"(model_params {name!r})")
-    if value < low:
-        raise checks.InputError(f"{owner}: {name} must be >= {low}{why}, got {value} (model_params {name!r})")
-    return int(value)
+    hint = f"{why}; model_params[{name!r}]" if why else f"model_params[{name!r}]"
+    return checks.integer(f"{owner}: {name}", value, low=low, hint=hint)
 
 
 class Normalize(nn.Module):
@@ -282,7 +275,7 @@ class SmallCNN(_Classifier):
         super().__init__()
         _check_num_classes(num_classes)
         _check_size("SmallCNN", "in_channels", in_channels, 1)
-        _check_size("SmallCNN", "image_size", image_size, 2, " (it has a 2x2 max-pool)")
+        _check_size("SmallCNN", "image_size", image_size, 2, "it has a 2x2 max-pool")
         _check_size("SmallCNN", "width", width, 1)
         self.image_size = image_size
         mean = (0.5,) * in_channels if mean is None else mean
@@ -319,7 +312,7 @@ class MLP(_Classifier):
         _check_num_classes(num_classes)
         _check_size("MLP", "in_channels", in_channels, 1)
         _check_size("MLP", "image_size", image_size, 1)
-        _check_size("MLP", "hidden", hidden, 1, " (the width of the two hidden layers)")
+        _check_size("MLP", "hidden", hidden, 1, "the width of the two hidden layers")
         mean = (0.5,) * in_channels if mean is None else mean
         std = (0.5,) * in_channels if std is None else std
         self.normalize = Normalize(mean, std, in_channels, "MLP")

@@ -28,15 +28,12 @@ few ``n < 20``; Liu et al., CVPR 2019 "OLTR"), thresholds configurable.
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from .checks import InputError, InputTypeError, real
+from .checks import InputError, class_counts, integer, real
 
 MANY_THRESHOLD = 100
 FEW_THRESHOLD = 20
@@ -45,79 +42,30 @@ GROUPS = ("many", "medium", "few")
 
 # --------------------------------------------------------------------------- validation
 def _check_profile_args(num_classes: int, n_max: int, imbalance_factor: float) -> None:
-    """One-line errors (:class:`ltkit.checks.InputError`, a ``ValueError``) naming the argument and the fix."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Real):
-        raise InputTypeError(f"num_classes must be an integer >= 2, got {type(num_classes).__name__} {num_classes!r}.")
-    if not math.isfinite(num_classes) or int(num_classes) != num_classes or num_classes < 2:
-        raise InputError(
-            f"num_classes={num_classes!r}: a long-tailed problem needs at least 2 classes; "
-            "pass an integer num_classes >= 2."
-        )
-    if isinstance(n_max, bool) or not isinstance(n_max, numbers.Real) or not math.isfinite(n_max) \
-            or int(n_max) != n_max or n_max < 1:
-        raise InputError(f"n_max={n_max!r}: the largest class needs at least 1 image; pass an integer n_max >= 1.")
-    if isinstance(imbalance_factor, bool) or not isinstance(imbalance_factor, numbers.Real):
-        raise InputTypeError(f"imbalance factor must be a number, got {type(imbalance_factor).__name__} "
-                             f"{imbalance_factor!r} (n_max / n_min: CIFAR-LT uses 10, 50, 100 or 200).")
-    if not math.isfinite(imbalance_factor) or imbalance_factor < 1:
-        raise InputError(
-            f"imbalance factor {imbalance_factor!r} < 1: the imbalance factor is n_max / n_min, so it is at least 1 "
-            "(IF = 1 is a balanced data set; CIFAR-LT uses 10, 50, 100 or 200)."
-            if not math.isnan(imbalance_factor) and imbalance_factor < 1 else
-            f"imbalance factor {imbalance_factor!r} must be a finite number >= 1 (n_max / n_min; IF = 1 is a "
-            "balanced data set; CIFAR-LT uses 10, 50, 100 or 200)."
-        )
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """One-line errors (:mod:`ltkit.checks`) naming the argument and the fix."""
+    integer("num_classes", num_classes, low=2, hint="a long-tailed problem needs at least 2 classes")
+    integer("n_max", n_max, low=1, whole_floats=True, hint="the images of the largest class")
+    real("imbalance_factor", imbalance_factor, low=1,
+         hint="n_max / n_min: 1 is a balanced data set; CIFAR-LT uses 10, 50, 100 or 200")
 
 
 def check_counts(counts: Sequence[int] | np.ndarray, name: str = "class sizes") -> list[int]:
     """Validate a vector of class sizes and return it as a list of ints.
 
-    Raises :class:`ltkit.checks.InputError` (a ``ValueError``) for fewer than 2
-    classes, a vector that is not 1-D, non-integer or negative sizes, and a
-    class with no images (naming the class); :class:`ltkit.checks.InputTypeError`
-    (a ``TypeError``) for something that is not a sequence of numbers (``None``,
-    a string, a dict, strings or booleans as sizes).  ``name`` is the argument
-    named in the messages.
+    :func:`ltkit.checks.class_counts` with at least 2 classes, and every class
+    has an image (the error names all the empty classes): an
+    :class:`ltkit.checks.InputError` (a ``ValueError``) or, for something that
+    is not a flat sequence of numbers, an :class:`ltkit.checks.InputTypeError`
+    (a ``TypeError``).  ``name`` is the argument named in the messages.
     """
-    try:
-        values = np.asarray(counts)
-    except (ValueError, TypeError) as err:  # ragged nested lists
-        raise InputError(f"{name} must be a flat list with one number of images per class, got {_short(counts)} "
-                         f"({' '.join(str(err).split())[:80]}).") from None
-    if counts is None or isinstance(counts, (str, bytes, Mapping)) or values.ndim == 0:
-        raise InputTypeError(f"{name} must be a sequence with one number of images per class (e.g. [500, 120, 8]), "
-                             f"got {type(counts).__name__} {_short(counts)}.")
-    if values.ndim != 1:
-        raise InputError(f"{name} must be 1-D (one number of images per class), got shape {values.shape}; "
-                         "pass a flat list such as [500, 120, 8].")
-    if values.dtype.kind not in "iuf":
-        for i, v in enumerate(values.tolist()):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise InputTypeError(f"{name}[{i}]={_short(v)} is a {type(v).__name__}, not a number of images; pass "
-                                     "numbers, e.g. [int(n) for n in sizes].")
-        values = values.astype(float)
-    if values.size < 2:
+    values = class_counts(counts, name, min_classes=2)
+    empty = [k for k, n in enumerate(values) if n == 0]
+    if empty:
         raise InputError(
-            f"got {values.size} class size(s): a long-tailed problem needs at least 2 classes; "
-            "pass one count per class."
-        )
-    if not np.all(np.isfinite(values.astype(float))) or np.any(values != np.round(values)):
-        raise InputError(f"{name} must be whole numbers of images, got {values.tolist()[:20]}.")
-    if np.any(values < 0):
-        bad = int(np.flatnonzero(values < 0)[0])
-        raise InputError(f"class {bad} has a negative size ({values[bad]}); class sizes count images, so they are >= 0.")
-    empty = np.flatnonzero(values == 0)
-    if empty.size:
-        raise InputError(
-            f"class {int(empty[0])} has no images (classes with no images: {empty.tolist()[:20]}); every class needs "
+            f"class {empty[0]} has no images (classes with no images: {empty[:20]}); every class needs "
             "at least one training image: lower the imbalance factor, raise n_max, or drop the empty classes."
         )
-    return [int(v) for v in values]
+    return values
 
 
 # --------------------------------------------------------------------------- profiles

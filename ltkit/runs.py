@@ -71,11 +71,12 @@ except ImportError:  # Windows
 
 IF_EXISTS = ("error", "resume", "overwrite")
 RECORD_FILES = ("config.json", "history.jsonl", "result.json", "checkpoint.pt")
+METHOD_FILES = ("synthesis.json",)  # what the kit's methods add to a run folder (Syn-LT / M2m's synthesis record)
 LOCK_NAME = ".lock"
 FILE_MODE = 0o644
 MAX_NAME_BYTES = 200
 
-_OVERWRITE = "if_exists='overwrite' (--if-exists overwrite)"
+OVERWRITE_HINT = "if_exists='overwrite' (--if-exists overwrite)"
 _RESUME = "if_exists='resume' (--resume)"
 
 
@@ -265,7 +266,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise MissingRecordError(
             f"no checkpoint at {path}: a run writes checkpoint.pt when its first checkpointed epoch ends; "
             "train (or finish) that run first, or check the run directory.")
-    fix = f"retrain the run with {_OVERWRITE}"
+    fix = f"retrain the run with {OVERWRITE_HINT}"
     state = _torch_load(path, map_location, fix)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not an ltkit checkpoint (a dict); {fix}.")
@@ -436,13 +437,14 @@ def _release_all() -> None:
 
 # =========================================================================== preparing a run directory
 def _is_ours(path: Path) -> bool:
-    """Whether an entry of a run directory is one ltkit writes: a plain *.json / *.jsonl / *.pt, the lock, a temp file."""
+    """Whether an entry of a run directory is one ltkit writes, by name: a record file, a method's record
+    (:data:`METHOD_FILES`), a snapshot (``snapshot-NNNN.pt``), the lock, a temp file — plain files only."""
     name = path.name
     if path.is_symlink() or not path.is_file():
         return False
     if name.startswith("."):
         return name == LOCK_NAME or name.endswith(".tmp")
-    return path.suffix in (".json", ".jsonl", ".pt")
+    return name in RECORD_FILES or name in METHOD_FILES or re.fullmatch(r"snapshot-\d{4,}\.pt", name) is not None
 
 
 def _check_is_run(run_dir: Path) -> None:
@@ -470,7 +472,7 @@ def _clear(run_dir: Path) -> None:
 
 def _stored_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
-    fix = f"retrain it with {_OVERWRITE} or choose another run name"
+    fix = f"retrain it with {OVERWRITE_HINT} or choose another run name"
     if not path.is_file():
         raise RecordError(f"{run_dir} has a checkpoint or result but no config.json: the record is damaged; {fix}.")
     meta = read_json(path)
@@ -524,25 +526,25 @@ def _claim(run_dir: Path, config: dict, if_exists: str, defaults: dict) -> str:
         what, verb = (("is finished", "get its record") if finished
                       else ("has a checkpoint", "continue it from there") if checkpointed
                       else ("stopped before its first checkpoint", "start it afresh"))
-        raise RunExistsError(f"run {run_dir} already exists and {what}; pass {_RESUME} to {verb}, {_OVERWRITE} to "
+        raise RunExistsError(f"run {run_dir} already exists and {what}; pass {_RESUME} to {verb}, {OVERWRITE_HINT} to "
                              "delete it and start again, or choose another run name (--name).")
     if not finished and not checkpointed:  # failed before its first checkpoint: nothing to continue
         _clear(run_dir)
         return "new"
     stored = {**defaults, **_stored_config(run_dir)}
-    differing = sorted(k for k in set(stored) | set(config) if k not in _VOLATILE and stored.get(k) != config.get(k))
+    differing = sorted(k for k in set(stored) | set(config) if k not in VOLATILE_FIELDS and stored.get(k) != config.get(k))
     if differing:
         raise checks.InputError(
             f"cannot resume {run_dir}: its config differs in {differing} "
             f"(stored {[stored.get(k) for k in differing]}, now {[config.get(k) for k in differing]}); "
-            f"choose another run name (--name) or {_OVERWRITE}."
+            f"choose another run name (--name) or {OVERWRITE_HINT}."
         )
     return "finished" if finished else "resume"
 
 
 # fields that do not change a run's result (``continue_from`` / ``snapshot_epochs``: a continued run's record is
 # the one training from scratch gives)
-_VOLATILE = {"if_exists", "progress", "out_dir", "name", "label", "num_workers", "device", "threads",
+VOLATILE_FIELDS = {"if_exists", "progress", "out_dir", "name", "label", "num_workers", "device", "threads",
              "continue_from", "snapshot_epochs"}
 
 
@@ -556,7 +558,7 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MissingRecordError(f"{path} does not exist: is this a run directory written by ltkit?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecordError(f"{path} is not valid JSON ({err}); the run record is truncated or damaged: retrain it "
-                          f"with {_OVERWRITE}, or delete the folder.") from err
+                          f"with {OVERWRITE_HINT}, or delete the folder.") from err
 
 
 def _row(line: str) -> dict | None:
@@ -588,7 +590,7 @@ def read_history(run_dir: str | os.PathLike, strict: bool = True) -> list[dict]:
     except UnicodeDecodeError as err:
         if strict:
             raise RecordError(f"{path} is not UTF-8 text ({err}); the record is damaged: retrain it with "
-                              f"{_OVERWRITE}.") from err
+                              f"{OVERWRITE_HINT}.") from err
         text = path.read_bytes().decode("utf-8", errors="replace")
     lines = text.split("\n")
     rows = []
@@ -600,7 +602,7 @@ def read_history(run_dir: str | os.PathLike, strict: bool = True) -> list[dict]:
             rows.append(row)
         elif strict and lineno < len(lines):  # a complete line (the last element has no newline)
             raise RecordError(f"{path}, line {lineno}: not a JSON object with an integer 'epoch' ({line[:60]!r}); "
-                              f"the record is damaged: delete the line, or retrain the run with {_OVERWRITE}.")
+                              f"the record is damaged: delete the line, or retrain the run with {OVERWRITE_HINT}.")
     return rows
 
 
@@ -633,7 +635,7 @@ def truncate_history(run_dir: str | os.PathLike, last_epoch: int) -> list[dict]:
     missing = [e for e in range(last_epoch + 1) if e not in by_epoch]
     if missing:
         raise RecordError(f"{path} lacks the rows of epoch(s) {_short(missing)}, which the checkpoint (epoch {last_epoch}) "
-                          f"covers: the file was cut or edited; restore it, or retrain the run with {_OVERWRITE}.")
+                          f"covers: the file was cut or edited; restore it, or retrain the run with {OVERWRITE_HINT}.")
     rows = [by_epoch[e] for e in range(last_epoch + 1)]
     atomic_write_bytes(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
     return rows
@@ -649,18 +651,18 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     meta = read_json(run_dir / "config.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(meta.get("env", {}), dict):
         raise RecordError(f"{run_dir / 'config.json'} is not an ltkit run config (a JSON object with a 'config' "
-                          f"object); the record is damaged: retrain it with {_OVERWRITE}, or delete the folder.")
+                          f"object); the record is damaged: retrain it with {OVERWRITE_HINT}, or delete the folder.")
     result_path = run_dir / "result.json"
     result = read_json(result_path) if result_path.is_file() else None
-    if result is not None and not isinstance(result, dict):
-        raise RecordError(f"{result_path} is not a JSON object; the record is damaged: retrain it with {_OVERWRITE}.")
+    if result_path.is_file() and not isinstance(result, dict):  # ``null`` too: a finished run's result is an object
+        raise RecordError(f"{result_path} is not a JSON object; the record is damaged: retrain it with {OVERWRITE_HINT}.")
     history = read_history(run_dir)
     final = result.get("final_epoch") if result else None
     if isinstance(final, int):  # a finished run has the row of every epoch
         missing = sorted(set(range(final + 1)) - {row["epoch"] for row in history})
         if missing:
             raise RecordError(f"{run_dir / 'history.jsonl'} lacks the rows of epoch(s) {_short(missing)} of this "
-                              f"finished run (the file was cut or edited); restore it, or retrain with {_OVERWRITE}.")
+                              f"finished run (the file was cut or edited); restore it, or retrain with {OVERWRITE_HINT}.")
     return dict(
         name=run_dir.name,
         dir=str(run_dir),

@@ -115,6 +115,7 @@ __all__ = [
     "SAMPLER_KINDS",
     "DistributedWeightedSampler",
     "class_probabilities",
+    "counts_tensor",
     "effective_number",
     "effective_number_probabilities",
     "epoch_indices",
@@ -152,7 +153,7 @@ _MULTINOMIAL_MAX_CATEGORIES = 2**24
 # --------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------
-def _counts_tensor(class_counts: ArrayLike, *, positive: bool = True) -> Tensor:
+def counts_tensor(class_counts: ArrayLike, *, positive: bool = True) -> Tensor:
     """``class_counts`` as a validated 1-D float64 CPU tensor (at least 2 classes).
 
     Whole-number counts are checked by :func:`ltkit.checks.class_counts`
@@ -270,7 +271,7 @@ def class_probabilities(class_counts: ArrayLike, r: float) -> Tensor:
     Returns:
         float64 tensor of shape ``(C,)`` summing to 1.
     """
-    counts = _counts_tensor(class_counts)
+    counts = counts_tensor(class_counts)
     r = checks.real("r", r, low=0, hint=_R_HINT)
     return _normalise_log(-r * torch.log(counts))
 
@@ -286,7 +287,7 @@ def implied_class_probabilities(class_counts: ArrayLike, r: float) -> Tensor:
     Returns:
         float64 tensor of shape ``(C,)`` summing to 1.
     """
-    counts = _counts_tensor(class_counts)
+    counts = counts_tensor(class_counts)
     r = checks.real("r", r, low=0, hint=_R_HINT)
     return _normalise_log((1.0 - r) * torch.log(counts))
 
@@ -306,7 +307,7 @@ def sample_weights(labels: ArrayLike, class_counts: ArrayLike, r: float) -> Tens
     Returns:
         float64 tensor of shape ``(N,)``.
     """
-    counts = _counts_tensor(class_counts)
+    counts = counts_tensor(class_counts)
     r = checks.real("r", r, low=0, hint=_R_HINT)
     lab = _as_labels(labels, counts.numel())
     return torch.exp(-r * torch.log(counts))[lab]
@@ -321,7 +322,7 @@ def effective_number(class_counts: ArrayLike, beta: float) -> Tensor:
     Returns:
         float64 tensor of shape ``(C,)``.
     """
-    counts = _counts_tensor(class_counts)
+    counts = counts_tensor(class_counts)
     beta = checks.real("beta", beta, low=0, high=1, high_open=True, hint=_BETA_HINT)
     if beta == 0.0:
         return torch.ones_like(counts)
@@ -358,7 +359,7 @@ def progressive_probabilities(class_counts: ArrayLike, epoch: int, total_epochs:
     Returns:
         float64 tensor of shape ``(C,)`` summing to 1.
     """
-    counts = _counts_tensor(class_counts)
+    counts = counts_tensor(class_counts)
     total_epochs = checks.integer("total_epochs", total_epochs, low=1)
     epoch = checks.integer("epoch", epoch, low=0, high=total_epochs,
                            hint="0 <= epoch <= total_epochs: pass the current epoch and the length "
@@ -470,9 +471,9 @@ def make_sampler(
     r, beta = params.get("r", 1.0), params.get("beta", 0.999)
     if class_counts is None:
         lab = _as_labels(labels)
-        counts = _counts_tensor(torch.bincount(lab))
+        counts = counts_tensor(torch.bincount(lab))
     else:
-        counts = _counts_tensor(class_counts)
+        counts = counts_tensor(class_counts)
         lab = _as_labels(labels, counts.numel())
         observed = torch.bincount(lab, minlength=counts.numel()).to(torch.float64)
         if not torch.equal(observed, counts):

@@ -881,8 +881,12 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
     ctx = Context(config, data, counts, model, loss_fn, None, device, rank, world, run_dir=run_dir)
     if isinstance(data, ltdata.TensorData):
         ctx.train_x, ctx.train_y = data.x_train.to(device), data.y_train.to(device)
-        if int(data.y_train.min()) < 0 or int(data.y_train.max()) >= data.num_classes:
-            raise ValueError(f"training labels must lie in [0, {data.num_classes}).")
+        for part, y in (("training", data.y_train), ("test", data.y_test)):  # before the first epoch, not at eval
+            outside = torch.nonzero((y < 0) | (y >= data.num_classes)).flatten()
+            if len(outside):
+                i = int(outside[0])
+                raise checks.InputError(f"{part} label {int(y[i])} (index {i}, {len(outside)} such labels) is outside "
+                                        f"[0, {data.num_classes}): relabel the {part} set or set the number of classes.")
     method.setup(ctx)  # may wrap the model or add modules to it: the optimiser is built afterwards
     ctx.model = ctx.model.to(device)
     ctx.optimizer = torch.optim.SGD(ctx.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -914,7 +918,7 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
 
 # fields in which a post-hoc run may differ from the run whose weights it evaluates
 # ------------------------------------------------------------------ post-hoc runs: another run's weights, evaluated
-_POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_dir", *runs._VOLATILE}
+_POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_dir", *runs.VOLATILE_FIELDS}
 _EVALUATED = ("overall", "many", "medium", "few", "worst", "eval_s")
 
 
@@ -1260,7 +1264,7 @@ def _check_divergence(ctx: Context, epoch: int, train_loss: float, lr: float) ->
         kept = "the last good checkpoint is kept; " if (ctx.run_dir and (ctx.run_dir / "checkpoint.pt").is_file()) else ""
         raise DivergedError(f"epoch {epoch}: the training loss is {train_loss:.4g} (above {bound:.0f} = 100 ln C, or "
                             f"not finite): training diverged. {kept}lower lr (now {lr:g}) or check the data, then start "
-                            "again with if_exists='overwrite'.")
+                            f"again with {runs.OVERWRITE_HINT}.")
 
 
 # =========================================================================== checkpoints

@@ -67,7 +67,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
-from . import metrics, plots, profiles, runs, stats
+from . import checks, metrics, plots, profiles, runs, stats
 
 GROUP_KEYS = ("overall", "many", "medium", "few", "worst")
 SORT_CHOICES = ("as listed", "name", *GROUP_KEYS)
@@ -541,11 +541,9 @@ class Explorer:
     def __init__(self, runs_or_dir: Any = "runs", *, many: int = profiles.MANY_THRESHOLD,
                  few: int = profiles.FEW_THRESHOLD, select: Sequence[str] | None = None,
                  sort: str = "as listed", dpi: int = 80, baselines: Mapping[str, str] | None = None) -> None:
-        if sort not in SORT_CHOICES:
-            raise ValueError(f"sort={sort!r}; choose one of: {', '.join(SORT_CHOICES)}.")
-        for name, value in (("many", many), ("few", few)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: thresholds are positive integers (class sizes), e.g. 100 and 20.")
+        checks.choice("sort", sort, SORT_CHOICES)
+        hint = "thresholds are class sizes, e.g. many=100 and few=20"
+        many, few = checks.integer("many", many, low=1, hint=hint), checks.integer("few", few, low=1, hint=hint)
         self.source, self.dpi, self.baselines = runs_or_dir, dpi, dict(baselines or {})
         self.runs: list[Run] = []
         self.groups: dict[str, list[Run]] = {}

@@ -16,6 +16,7 @@ and SIGINT mid-epoch then ``--resume`` (bit-exact on CPU), a crafted ``checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -187,22 +188,6 @@ def case(id_: str, *values: Any, xfail: str | None = None, skip: str | None = No
 
 
 TYPE, VALUE = checks.InputTypeError, checks.InputError
-FIX_IN_CHANNELS = ("fix in ltkit/train.py build_model() or validate(): refuse model_params['in_channels'] that differs "
-                   "from the data's channels before config.json is written (ltkit.models now refuses the mismatch at the "
-                   "first forward instead of silently broadcasting one grey channel to three, but the failed run "
-                   "leaves config.json behind)")
-FIX_CUDA = ("fix in ltkit/train.py resolve_device(): raise checks.InputError (today a plain RuntimeError, not an "
-            "LtkitError: one line on the command line, but not the error type a notebook can catch as bad input)")
-FIX_THREADS = ("fix in ltkit/train.py validate(): `if config.threads is not None: checks.integer('threads', "
-               "config.threads, low=1)` (today torch says 'set_num_threads expects a positive integer', naming no field)")
-FIX_SEED = ("fix in ltkit/train.py validate(): `checks.integer(name, getattr(config, name), low=0, high=2**63 - 1)` for "
-            "seed (today torch.manual_seed fails with 'Overflow when unpacking long long', naming no field)")
-FIX_SAMPLER_VALUES = ("fix in ltkit/train.py validate(): check sampler_params values before anything is written, e.g. "
-                      "`sampling.make_sampler([0, 1], [1, 1], config.sampler, epoch=0, total_epochs=config.epochs, "
-                      "**config.sampler_params)` (today the error comes at epoch 0, after config.json was written)")
-FIX_SAMPLER_KEYS = ("fix in ltkit/train.py validate(): accept sampler_params keys per sampler kind ({'q-class': ('r',), "
-                    "'q-sample': ('r',), 'effective-number': ('beta',)}, none for the others) instead of ('r', 'beta') "
-                    "for every sampler (today sampler='class-balanced' silently ignores r)")
 
 # (id, overrides or f(tmp_path) -> overrides, needles in the message, exception type, caught by make_config?)
 CONFIG_CASES = [
@@ -313,6 +298,14 @@ CONFIG_CASES = [
          VALUE, True),
     case("C-sampler-param-silently-ignored", dict(sampler="class-balanced", sampler_params={"r": 0.5}),
          ["sampler_params", "'r'"], VALUE, True),
+    case("C-snapshot-epoch-past-the-end", dict(snapshot_epochs=[5]), ["snapshot_epochs[0]=5", "training state"],
+         VALUE, True),
+    case("C-snapshot-epoch-string", dict(snapshot_epochs=["1"]), ["snapshot_epochs[0]", "integer"], TYPE, True),
+    case("C-continue-from-nowhere", lambda tmp: dict(loss="ce-drw", loss_params={"drw_epoch": 1},
+                                                     continue_from=str(tmp / "nowhere")),
+         ["continue_from=", "not a finished run", "train it first"], VALUE, False),
+    case("C-continue-from-and-weights-from", dict(loss="la-posthoc", continue_from="a", weights_from="b"),
+         ["continue_from and weights_from", "leave continue_from=None"], VALUE, True),
 ]
 
 
@@ -544,40 +537,35 @@ def test_command_line(cli_runs, c):
 
 
 # =========================================================================== (c) public functions
-FIX_MARGIN = ("fix in ltkit/losses.py ldam_margins(): `checks.real('max_margin', max_margin, low=0, hint='LDAM uses "
-              "0.5')` (today max_margin=nan returns a tensor of nan margins without a word)")
-FIX_SAMPLER_KWARGS = ("fix in ltkit/sampling.py make_sampler(): take **params and refuse unknown names with an InputError "
-                      "listing the valid ones (r, beta, epoch, total_epochs, seed, num_samples); today Python's own "
-                      "TypeError names 'q' but not what to pass instead")
 
 Y = torch.tensor
 PUBLIC_CASES = [
     # profiles
     case("C-from-counts-strings", lambda: profiles.from_counts(["10", "3"]), ["[0]='10'", "is a str", "pass numbers"], TYPE),
-    case("C-from-counts-negative", lambda: profiles.from_counts([10, -3]), ["class 1", "negative", ">= 0"], VALUE),
+    case("C-from-counts-negative", lambda: profiles.from_counts([10, -3]), ["[1]=-3", "non-negative whole number"], VALUE),
     case("C-from-counts-none", lambda: profiles.from_counts(None), ["class sizes", "NoneType", "e.g. [500"], TYPE),
     case("C-from-counts-scalar", lambda: profiles.from_counts(5), ["class sizes", "int 5", "one number of images"], TYPE),
     case("C-from-counts-dict", lambda: profiles.from_counts({"a": 10, "b": 3}), ["class sizes", "dict"], TYPE),
-    case("C-from-counts-2d", lambda: profiles.from_counts([[10, 3], [2, 1]]), ["1-D", "shape (2, 2)", "flat list"], VALUE),
-    case("C-from-counts-ragged", lambda: profiles.from_counts([[10, 3], [2]]), ["flat list"], VALUE),
+    case("C-from-counts-2d", lambda: profiles.from_counts([[10, 3], [2, 1]]), ["[0]=[10, 3]", "is a list", "flat list"], TYPE),
+    case("C-from-counts-ragged", lambda: profiles.from_counts([[10, 3], [2]]), ["[0]=[10, 3]", "flat list"], TYPE),
     case("C-from-counts-bools", lambda: profiles.from_counts([True, False]), ["[0]=True", "is a bool"], TYPE),
-    case("C-from-counts-fractional", lambda: profiles.from_counts([10, 3.5]), ["whole numbers", "3.5"], VALUE),
-    case("C-from-counts-one-class", lambda: profiles.from_counts([10]), ["1 class size", "at least 2 classes"], VALUE),
+    case("C-from-counts-fractional", lambda: profiles.from_counts([10, 3.5]), ["[1]=3.5", "whole number"], VALUE),
+    case("C-from-counts-one-class", lambda: profiles.from_counts([10]), ["has 1 entry", "at least 2 classes"], VALUE),
     case("C-from-counts-empty-class", lambda: profiles.from_counts([10, 0, 3]), ["class 1 has no images", "drop the empty"],
          VALUE),
-    case("C-exponential-if-nan", lambda: profiles.exponential_profile(10, 100, NAN), ["imbalance factor nan", "finite",
-                                                                                       ">= 1"], VALUE),
-    case("C-exponential-if-string", lambda: profiles.exponential_profile(10, 100, "10"), ["imbalance factor", "str"], TYPE),
-    case("C-exponential-if-below-one", lambda: profiles.exponential_profile(10, 100, 0.5), ["imbalance factor 0.5 < 1",
+    case("C-exponential-if-nan", lambda: profiles.exponential_profile(10, 100, NAN), ["imbalance_factor=nan", "finite",
+                                                                                       "n_max / n_min"], VALUE),
+    case("C-exponential-if-string", lambda: profiles.exponential_profile(10, 100, "10"), ["imbalance_factor", "str"], TYPE),
+    case("C-exponential-if-below-one", lambda: profiles.exponential_profile(10, 100, 0.5), ["imbalance_factor=0.5", ">= 1",
                                                                                              "balanced"], VALUE),
     case("C-exponential-if-too-large", lambda: profiles.exponential_profile(10, 100, 1000), ["class 7 has no images",
                                                                                               "lower the imbalance"], VALUE),
-    case("C-exponential-n-max-nan", lambda: profiles.exponential_profile(10, NAN, 10), ["n_max=nan", "integer n_max >= 1"],
+    case("C-exponential-n-max-nan", lambda: profiles.exponential_profile(10, NAN, 10), ["n_max=nan", "finite number"],
          VALUE),
     case("C-exponential-classes-string", lambda: profiles.exponential_profile("10", 100, 10), ["num_classes", "str"], TYPE),
     case("C-step-fraction-nan", lambda: profiles.step_profile(10, 100, 10, NAN), ["minority_fraction=nan", "finite"], VALUE),
     case("C-step-fraction-one", lambda: profiles.step_profile(10, 100, 10, 1.0), ["minority_fraction=1.0", "(0, 1)"], VALUE),
-    case("C-preset-if-zero", lambda: profiles.preset_counts("cifar10-lt", 0), ["imbalance factor 0 < 1"], VALUE),
+    case("C-preset-if-zero", lambda: profiles.preset_counts("cifar10-lt", 0), ["imbalance_factor=0", ">= 1"], VALUE),
     case("C-preset-fixed-if", lambda: profiles.preset_counts("imagenet-lt", 10), ["imagenet-lt", "cannot be changed"], VALUE),
     case("C-preset-unknown", lambda: profiles.preset_counts("cifar1000-lt"), ["'cifar1000-lt'", "choose one of"], VALUE),
     case("C-profile-kind-unknown", lambda: profiles.make_profile("zipf", 10, 100, 10), ["'zipf'", "exponential, step"],
@@ -652,7 +640,7 @@ PUBLIC_CASES = [
     case("C-model-wrong-channels", lambda: models.make_model("mlp", 10, in_channels=3)(torch.rand(2, 1, 8, 8)),
          ["(N, 3, H, W)", "in_channels"], VALUE),
     # data and runs
-    case("C-digits-if-nan", lambda: data.load_digits_lt(imbalance_factor=NAN), ["imbalance factor nan", "finite"], VALUE),
+    case("C-digits-if-nan", lambda: data.load_digits_lt(imbalance_factor=NAN), ["imbalance_factor=nan", "finite"], VALUE),
     case("C-digits-n-max-too-large", lambda: data.load_digits_lt(n_max=500), ["class 0 has only", "lower n_max"], VALUE),
     case("C-digits-seed-negative", lambda: data.load_digits_lt(seed=-1), ["seed=-1", "data_seed"], VALUE),
     case("C-digits-test-per-class", lambda: data.load_digits_lt(test_per_class=500), ["test_per_class=500", "[1, "],
@@ -825,9 +813,6 @@ def test_unreadable_image_in_a_dataloader_worker(tmp_path, content, needles):
 
 
 # =========================================================================== (e) run folders
-FIX_RESTORE = ("fix in ltkit/train.py _restore() (and load_trained()): raise runs.CheckpointError (an LtkitError) with "
-               "torch's load_state_dict message joined into one line (' '.join(str(err).split())); today a plain "
-               "RuntimeError whose message spans lines ('Error(s) in loading state_dict for MLP:\\n\\tMissing key(s)...')")
 
 
 @pytest.fixture(scope="module")
@@ -899,6 +884,8 @@ RUN_CASES = [
          ["config.json is not an ltkit run config", "delete the folder"], runs.RecordError),
     case("C-load-run-result-wrong-shape", lambda d: (d / "result.json").write_text("[0.5]"), "load_run",
          ["result.json is not a JSON object", "retrain"], runs.RecordError),
+    case("C-load-run-result-null", lambda d: (d / "result.json").write_text("null"), "load_run",
+         ["result.json is not a JSON object", "retrain"], runs.RecordError),
     case("C-load-trained-crafted-checkpoint", _load_trained_crafted, "load_trained",
          ["refused to load", "checkpoint.pt", "could run code"], runs.UnsafeFileError),
     case("C-resume-checkpoint-of-another-model", _and(_unfinish, lambda d: runs.save_checkpoint(
@@ -931,6 +918,11 @@ def test_run_folder(tmp_path, finished, damage, action, needles, expected):
     pytest.param(lambda out: out.mkdir() or (out / "run").write_text("a file"), id="C-run-name-is-a-file"),
     pytest.param(lambda out: (out / "run" / "sub").mkdir(parents=True) or runs.write_json(out / "run" / "config.json", {}),
                  id="C-overwrite-a-run-holding-a-folder"),
+    # json / pt files that are not the kit's: judged by name, not by extension
+    pytest.param(lambda out: (out / "run").mkdir(parents=True) or [runs.write_json(out / "run" / n, {"foo": 1}) for n in
+                                                                   ("config.json", "settings.json")]
+                 and torch.save({"w": torch.ones(1)}, out / "run" / "weights.pt"),
+                 id="C-overwrite-a-folder-of-look-alike-files"),
 ])
 def test_overwrite_refuses_what_is_not_a_run(tmp_path, make):
     out = tmp_path / "out"
@@ -939,6 +931,21 @@ def test_overwrite_refuses_what_is_not_a_run(tmp_path, make):
     raises_clear(lambda: fit(out, name="run", if_exists="overwrite"), ["run", "choose another run name (--name)"],
                  runs.RunExistsError)
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_C_labels_out_of_range_in_data_passed_in_memory(tmp_path, part):
+    """``fit(data=TensorData)``: a label outside the classes, in the training *or* the test set, is refused before
+    the first epoch and nothing is left behind (a test label used to fail only at the first evaluation)."""
+    digits = data.load_digits_lt()
+    labels = getattr(digits, f"y_{part}").clone()
+    labels[3] = 99
+    bad = dataclasses.replace(digits, **{f"y_{part}": labels})
+    before = tree(tmp_path)
+    raises_clear(lambda: train.fit("digits-lt", data=bad, out_dir=str(tmp_path / "out"), **TINY),
+                 ["label 99 (index 3, 1 such labels) is outside [0, 10)", "relabel the"], VALUE)
+    assert files_of(tmp_path) == {k: v for k, v in before.items() if v != "dir"}
+    assert not runs._HELD
 
 
 def test_C_run_held_by_this_process_is_refused(tmp_path):

@@ -38,7 +38,7 @@ def test_digits_lt_test_split_is_held_out_and_fixed():
 def test_digits_lt_step_profile_and_bad_factor():
     d = data.load_digits_lt(profile="step", imbalance_factor=10, n_max=100)
     assert d.class_counts == [100] * 5 + [10] * 5
-    with pytest.raises(ValueError, match="imbalance factor 0.9 < 1"):
+    with pytest.raises(ValueError, match="imbalance_factor=0.9 must be >= 1"):
         data.load_digits_lt(imbalance_factor=0.9)
     with pytest.raises(ValueError, match="class 0 has only .* images but the profile asks for 500"):
         data.load_digits_lt(n_max=500)

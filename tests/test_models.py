@@ -272,7 +272,7 @@ def test_unknown_name_lists_valid_names():
 
 @pytest.mark.parametrize("num_classes", [1, 0, -3])
 def test_too_few_classes(num_classes):
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+    with pytest.raises(ValueError, match=f"num_classes={num_classes} must be >= 2"):
         make_model("small-cnn", num_classes)
     with pytest.raises(ValueError, match="num_classes"):
         ResNet32(num_classes=num_classes)
@@ -287,7 +287,7 @@ def test_in_channels_mismatch_has_a_fix_hint():
         make_model("resnet50", 10, in_channels=1)
     with pytest.raises(ValueError, match="std must be > 0"):
         SmallCNN(std=(0.0,))
-    with pytest.raises(ValueError, match="image_size must be >= 2"):
+    with pytest.raises(ValueError, match=r"image_size=1 must be >= 2 \(it has a 2x2 max-pool"):
         make_model("small-cnn", 10, image_size=1)
     # matching mean/std fix it
     assert make_model("small-cnn", 10, in_channels=3).normalize.mean.shape == (1, 3, 1, 1)

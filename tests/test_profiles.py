@@ -105,7 +105,7 @@ def test_summary_of_cifar10_lt():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: profiles.exponential_profile(10, 500, 0.5), "imbalance factor 0.5 < 1"),
+        (lambda: profiles.exponential_profile(10, 500, 0.5), r"imbalance_factor=0.5 must be >= 1 \(n_max / n_min"),
         (lambda: profiles.exponential_profile(1, 500, 10), "at least 2 classes"),
         (lambda: profiles.from_counts([5]), "at least 2 classes"),
         (lambda: profiles.from_counts([50, 0, 3]), "class 1 has no images"),

@@ -106,7 +106,9 @@ def test_sample_weights_sum_to_implied_class_probabilities(labels, r):
 
 
 def test_sample_weights_proportional_to_cmo_reference_formula(labels):
-    # Reference code: cls_weight = 1/n^alpha, normalised to sum to C, indexed by target.
+    # naver-ai/cmo, imbalance_data/imbalance_cifar.py, get_weighted_sampler (commit
+    # 46eab7a209f55bde5d55622257f3b53a3bce1887), re-derived: cls_weight = 1/n^alpha, normalised to sum
+    # to C, indexed by target (alpha = 1 here: CMO's default weighting).
     n = _n()
     cls_weight = 1.0 / n**1.0
     cls_weight = cls_weight / cls_weight.sum() * len(n)

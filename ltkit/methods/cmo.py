@@ -80,17 +80,21 @@ reference rounding, so 6.25 % of mixed 8 × 8 batches get an empty box (λ = 1:
 the foreground label gets no weight) vs 1.56 % (0.39 % vs 0.10 % at 32 × 32).
 (Exact values for ``λ_0 ~ U(0, 1)``, checked in ``tests/test_cmo.py``.)  The
 reference also calls the height ``W`` (it draws the row centre first, then the
-column centre, as here).  Its NumPy stream (coin, λ, centre) is re-seeded by the
-data subset's seed whatever the run's seed; here every draw derives from
-``config.seed``.
+column centre, as here).
+
+**Departure from naver-ai/cmo** (``imbalance_data/imbalance_cifar.py``:
+``np.random.seed(rand_number)`` when the long-tailed subset is built): its NumPy stream (coin, λ, centre) is re-seeded by the data subset's
+seed whatever the run's seed, so every seed of a run draws the same boxes; here
+every draw derives from ``config.seed``, so seeds are independent repetitions.
 
 Variants (the paper's Table 9 and Table 11)
 -------------------------------------------
 * ``"cutmix"`` — plain CutMix (Yun et al., ICCV 2019): the foreground is the
   *same batch* in a random order (background and foreground both from the
-  original distribution).  Same box, λ, ``prob`` and off epochs.  Departure
-  from the reference codes under DDP: they shuffle each GPU's shard of the
-  batch; here the permutation runs over the *global* batch (each rank reads
+  original distribution).  Same box, λ, ``prob`` and off epochs.
+  **Departure from naver-ai/cmo and clovaai/CutMix-PyTorch** under DDP
+  (``torch.randperm(input.size()[0])`` in their training loops): they shuffle each
+  GPU's shard of the batch; here the permutation runs over the *global* batch (each rank reads
   its partners' images, augmented as the batch, through
   ``Batch.global_images``), so that 1, 2 or 8 processes pair the same images.
 * ``"cmo"`` — background original, foreground from ``Q``.
@@ -125,8 +129,8 @@ the reference takes consecutive positions of a weighted pass of ``N`` draws
 with replacement and restarts the pass when it is exhausted; ltkit draws each
 batch's foregrounds with replacement from the same weights.  Both are i.i.d.
 draws from ``Q``: the same distribution, and independent of the world size.
-Plain CutMix permutes each rank's own batch, as the reference does per GPU: the
-one draw here that depends on the number of processes.
+Plain CutMix permutes the global batch (see its variant above), so no draw here
+depends on the number of processes.
 """
 
 from __future__ import annotations

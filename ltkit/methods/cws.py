@@ -111,7 +111,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checks, losses, models, train
+from .. import checks, losses, models, sampling, train
 from ..checks import param
 
 __all__ = [
@@ -152,7 +152,7 @@ def subclass_counts(class_counts: Sequence[int], n_ref: str | float = "median", 
     >>> subclass_counts([140, 103, 76, 56, 42, 31, 23, 17, 12, 9])
     [4, 3, 2, 2, 1, 1, 1, 1, 1, 1]
     """
-    counts = [float(n) for n in losses._as_counts(class_counts, positive=True, loss_name="cws").tolist()]
+    counts = sampling.counts_tensor(class_counts).tolist()
     cap = _check_cap(max_splits)
     ref = _reference_size(counts, n_ref)
     return [int(max(1, min(cap, n, math.floor(n / ref + 0.5)))) for n in counts]

@@ -299,14 +299,12 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 
 def _check_training_args(steps: int, batch_size: int, lr: float, p_uncond: float, ema_decay: float) -> None:
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps={steps} and batch_size={batch_size} must be >= 1.")
-    if not lr > 0:
-        raise ValueError(f"lr={lr} must be > 0.")
-    if not 0 <= p_uncond < 1:
-        raise ValueError(f"p_uncond={p_uncond} must lie in [0, 1) (0.1 is usual; 0 disables classifier-free guidance).")
-    if not 0 <= ema_decay < 1:
-        raise ValueError(f"ema_decay={ema_decay} must lie in [0, 1).")
+    checks.integer("steps", steps, low=1, hint="optimiser steps; 2000 is the default")
+    checks.integer("batch_size", batch_size, low=1, hint="128 is the default")
+    checks.real("lr", lr, low=0, low_open=True, hint="2e-3 is the default")
+    checks.real("p_uncond", p_uncond, low=0, high=1, high_open=True,
+                hint="0.1 is usual; 0 disables classifier-free guidance")
+    checks.real("ema_decay", ema_decay, low=0, high=1, high_open=True, hint="0.999 is the default")
 
 
 def train_diffusion(data, *, steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, p_uncond: float = 0.1,

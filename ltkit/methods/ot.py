@@ -82,6 +82,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import checks
+
 __all__ = ["COSTS", "COST_SCALES", "GRADS", "BatchSinkhorn", "DualCache", "GroupedOT", "cost_matrix", "cost_scale",
            "exact_cost", "grouped_sinkhorn_cost", "marginal_error", "sinkhorn_batch", "sinkhorn_cost",
            "sinkhorn_plan"]
@@ -93,17 +95,13 @@ COST_SCALES = ("mean", "max", "none")
 
 # --------------------------------------------------------------------------- validation
 def check_gamma(gamma: float) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
-        raise ValueError(f"gamma={gamma!r}: the entropic regulariser must be a number > 0 "
-                         "(small values approach exact OT; use exact_cost for gamma = 0).")
-    return float(gamma)
+    return checks.real("gamma", gamma, low=0, low_open=True,
+                       hint="the entropic regulariser: small values approach exact OT; use exact_cost for gamma = 0")
 
 
 def check_solver(max_iter: int, tol: float) -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter={max_iter!r} must be an integer >= 1 (the Sinkhorn iteration cap).")
-    if not isinstance(tol, (int, float)) or tol < 0:
-        raise ValueError(f"tol={tol!r} must be >= 0 (0 runs all max_iter iterations).")
+    checks.integer("max_iter", max_iter, low=1, hint="the Sinkhorn iteration cap")
+    checks.real("tol", tol, low=0, hint="0 runs all max_iter iterations")
 
 
 def check_features(name: str, x: Tensor, ndim: int = 2, finite: bool = True) -> Tensor:

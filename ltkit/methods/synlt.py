@@ -83,24 +83,30 @@ Choices where the papers are silent (all parameters)
   marginal error 0.01-0.17 on digits, 0.64 on a CIFAR-shaped ResNet-32; see
   :mod:`ltkit.methods.ot`), so the plan and its gradient are not those of the
   OT problem.  With the mean scale the same problems reach ``ot_tol = 1e-4`` in
-  ~20-60 iterations; 200 stays the cap.
+  ~20-60 iterations (43 on average for a CIFAR-shaped batch); 200 stays the cap,
+  and a rare solve stops there (2 of 2,400 in notebook 4's runs, error <= 1e-3):
+  ``ot_unconverged`` in ``synthesis.json`` counts them.
 * Sinkhorn stops on the L1 marginal error ``ot_tol`` (the mass in the wrong
   place, :func:`ltkit.methods.ot.marginal_error`); each step starts from the
-  previous step's duals (``ot_warm``; ~25 % fewer iterations; carrying them on to
+  previous step's duals (``ot_warm``; 11 % fewer iterations on a CIFAR-shaped
+  batch, 20-22 % on digits; carrying them on to
   the next batch saves nothing measurable: its synthetic points are new).  What
   the solves reached — iterations, the largest marginal error, how many stopped
   at the cap above ``ot_tol`` — is in :attr:`SynthesisResult.ot` and in every
   epoch's row of ``synthesis.json`` (``ot_*``).  ``ot_grad="envelope"`` (plan
   held fixed, see :mod:`ltkit.methods.ot`) or ``"autodiff"``.
-* the initial noise: radius 0.5 as M2m, renormalised per sample (M2m's code
-  renormalises per channel slice of the batch).
+* **Departure from alinlab/M2m** (``train.py``, the random start of the
+  generation): the initial noise has radius 0.5 as in M2m, but is renormalised
+  per sample; M2m's ``renorm`` runs per channel slice of the batch, which makes a
+  sample's start depend on the other samples of its batch.
 * OOD seeds have no seed class: the λ2 term and the Bernoulli draw are dropped.
 * randomness: one generator per ``(config.seed, epoch, rank, batch)``, so a
   resumed run replays exactly; each DDP rank re-draws and synthesises its own shard.
 
-Reporting differs from M2m: ltkit reports the final epoch on the full test set;
-M2m reports the test accuracy at the best validation epoch (validation = 10 %
-of the test set).  Synthesis needs a tensor data set (digits, CIFAR-LT): the
+**Departure from alinlab/M2m** (reporting, ``train.py``'s evaluation): ltkit
+reports the final epoch on the full test set; M2m reports the test accuracy at
+the best validation epoch (validation = 10 % of the test set), which selects on
+the test distribution.  Synthesis needs a tensor data set (digits, CIFAR-LT): the
 clouds and the balanced re-draw use the device-resident training images.
 """
 
