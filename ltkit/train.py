@@ -478,17 +478,20 @@ class Context:
         """A permutation of ``range(n)`` from one random stream (the same on every rank)."""
         return torch.randperm(n, generator=self.generator(*stream))
 
-    def images(self, positions: Tensor, generator: torch.Generator | None, *, source: Any = None) -> Tensor:
+    def images(self, positions: Tensor, generator: torch.Generator | None, *, source: Any = None,
+               at: Tensor | None = None) -> Tensor:
         """This rank's share of the images at global ``positions``, as float images in [0, 1] on the device.
 
         ``source``: the training images (default), another ``uint8`` tensor (e.g. a
         synthetic set) or a map-style data set of files.  Augmented like the
         engine's batches with draws from ``generator`` for every global position
         (``None``: not augmented), so the result does not depend on the world size.
+        ``at``: the indices into ``positions`` to return instead of this rank's share
+        (e.g. another rank's rows, augmented exactly as that rank gets them).
         """
         source = self.train_x if source is None else source
         positions = positions.cpu()
-        mine = self.local(torch.arange(len(positions)))
+        mine = self.local(torch.arange(len(positions))) if at is None else at.cpu()
         if isinstance(source, Tensor):
             x = to_unit_float(source[positions[mine].to(source.device)].to(self.device))
             augment = None if generator is None else _augmentation(self, len(positions), generator)

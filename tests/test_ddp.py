@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltkit import losses, runs
-from ltkit.methods import feedback
+from ltkit import losses, runs, train
+from ltkit.methods import feedback, synlt
 
 STEPS = 4  # optimiser steps per case: enough for the momentum buffers and the BN statistics to matter
 # channels_last=False: the CPU kernels of the default channels-last layout round about 10x more per step (relative
@@ -31,6 +31,8 @@ COMMON = dict(model="small-cnn", augment="crop", epochs=30, batch_size=64, max_s
 TOLERANCE = dict(rtol=2e-4, atol=2e-5)
 LAYOUT_TOLERANCE = dict(rtol=1e-2, atol=2e-4)
 DRW = {"ce-drw", "ldam-drw", "focal-drw"}
+G_RUN = "<g_run>"  # the synthesis cases' classifier g: a CE run the fixture trains first
+SYNTHESIS = ("method-m2m", "method-synlt")
 
 
 def _loss_cases() -> dict[str, dict]:
@@ -52,6 +54,11 @@ def _method_cases() -> dict[str, dict]:
         "method-cws": dict(loss="bs", method="cws", method_params=dict(start_epoch=0)),
         "method-static-split": dict(loss="ce", method="static-split", method_params=dict(start_epoch=0)),
         "method-m2m-resample": dict(loss="ce", method="m2m", method_params=dict(start_epoch=0, synthesis=False)),
+        # synthesis on the global batch: the same slots, seeds and starts on every rank, the OT term over all ranks
+        "method-m2m": dict(loss="ce", method="m2m", method_params=dict(synlt.QUICK_PARAMS, lambda1=0.0, start_epoch=0,
+                                                                       g_run=G_RUN)),
+        "method-synlt": dict(loss="ce", method="synlt",
+                             method_params=dict(synlt.QUICK_PARAMS, start_epoch=0, g_run=G_RUN)),
         "method-feedback-fill": dict(loss="bs", method="feedback-fill", method_params=dict(synthetic=fill)),
         "sampler-sqrt": dict(loss="ce", sampler="sqrt"),
         "layout-ldam-drw": dict(loss="ldam-drw", loss_params={"drw_epoch": 0}, channels_last=True),
@@ -66,8 +73,10 @@ CASES = {**_loss_cases(), **_method_cases()}
 def trained(tmp_path_factory) -> dict[int, Path]:
     """Every case trained by 1, 2 and 4 gloo processes (one torchrun job each)."""
     root = tmp_path_factory.mktemp("ddp")
+    g = train.fit("digits-lt", **{**COMMON, "max_steps": None, "epochs": 10}, name="g", out_dir=str(root),
+                  progress=False)
     spec = root / "cases.json"
-    spec.write_text(json.dumps([{**COMMON, **case, "name": name} for name, case in CASES.items()]))
+    spec.write_text(json.dumps([{**COMMON, **case, "name": name} for name, case in CASES.items()]).replace(G_RUN, g["dir"]))
     worker = Path(__file__).with_name("ddp_cases.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = {}
@@ -98,3 +107,7 @@ def test_the_same_weights_on_one_two_and_four_processes(trained, name):
         losses_1 = [row["train_loss"] for row in records[1]["history"]]
         losses_w = [row["train_loss"] for row in records[world]["history"]]
         assert losses_w == pytest.approx(losses_1, rel=1e-4)
+        if name in SYNTHESIS:  # the same candidates, accepted alike, whatever the number of processes
+            made = {w: runs.read_json(trained[w] / name / "synthesis.json")["history"][0] for w in (1, world)}
+            keys = ("slots", "candidates", "accepted", "accepted_per_class")
+            assert {k: made[world][k] for k in keys} == {k: made[1][k] for k in keys} and made[1]["accepted"] > 0

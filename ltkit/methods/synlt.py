@@ -100,8 +100,14 @@ Choices where the papers are silent (all parameters)
   per sample; M2m's ``renorm`` runs per channel slice of the batch, which makes a
   sample's start depend on the other samples of its batch.
 * OOD seeds have no seed class: the λ2 term and the Bernoulli draw are dropped.
-* randomness: one generator per ``(config.seed, epoch, rank, batch)``, so a
-  resumed run replays exactly; each DDP rank re-draws and synthesises its own shard.
+* randomness and DDP: one generator per ``(config.seed, epoch, batch)`` draws the
+  slots, seeds, random starts and acceptance coins of the *global* batch, so a
+  resumed run replays exactly and 1, 2 or 8 processes make the same draws; each
+  rank optimises the candidates of its own rows, and the OT term matches a class's
+  candidates of all ranks (their features are all-gathered every step, only this
+  rank's carry the gradient; the means run over all candidates).  **Departure from
+  alinlab/M2m**, which synthesises within each GPU's batch (the result there
+  depends on the number of GPUs).
 
 **Departure from alinlab/M2m** (reporting, ``train.py``'s evaluation): ltkit
 reports the final epoch on the full test set; M2m reports the test accuracy at
@@ -305,6 +311,25 @@ class OTStats:
         return self.iterations / self.solves if self.solves else math.nan
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a global batch that several processes synthesise together (DDP).
+
+    The draws (slots, seeds, random starts, the acceptance coins) are made for the
+    whole global batch, the same on every rank; each rank optimises the candidates
+    whose slots are among its ``rows``, and the OT term couples a class's candidates
+    of *all* ranks (their features are gathered every step).  So 1, 2 or 8
+    processes synthesise the same images.
+    """
+
+    labels: Tensor  # (G,) the global batch's labels
+    rows: Tensor  # (B,) the global-batch positions of this rank's rows, in its batch order
+    owner: Tensor  # (G,) the rank that holds each position
+    rank: int
+    images: Callable[[Tensor], Tensor]  # images of the global batch at positions ``within``, augmented as in the batch
+    gather: Callable[[Tensor], list[Tensor]]  # every rank's tensor (rows padded to the largest), in rank order
+
+
 @dataclass
 class SynthesisResult:
     """One synthesis step: every candidate (accepted or not) and the bookkeeping."""
@@ -328,13 +353,16 @@ class SynthesisResult:
 def synthesis_loss(x: Tensor, targets: Tensor, seed_classes: Tensor, g: nn.Module, *, f: nn.Module | None = None,
                    phi: Callable[[Tensor], Tensor] | None = None, clouds: ClassClouds | None = None,
                    params: SynthesisConfig = SynthesisConfig(), autocast: Callable = nullcontext,
-                   warm: ltot.DualCache | None = None, ot_stats: OTStats | None = None) -> dict[str, Tensor]:
+                   warm: ltot.DualCache | None = None, ot_stats: OTStats | None = None,
+                   together: "_Together | None" = None) -> dict[str, Tensor]:
     """The three terms and their sum ``L = CE(g(x), c) + λ1·OT + λ2·f(x)_k`` (a dict of scalars).
 
     ``phi=None`` means φ = ``g.features``: then ``g`` runs once, as ``g.head(g.features(x))``.
     With the OT term, ``"ot_marginal_error"`` is the largest L1 marginal error of its plans;
     ``warm`` (a :class:`ltkit.methods.ot.DualCache`) warm-starts Sinkhorn and is updated,
-    ``ot_stats`` (:class:`OTStats`) accumulates what the solve reached.
+    ``ot_stats`` (:class:`OTStats`) accumulates what the solve reached.  ``together``: ``x`` is
+    this rank's part of candidates synthesised by several processes (:class:`Shard`): the
+    means run over all candidates and the OT term matches all of them.
     """
     use_ot = params.lambda1 > 0
     if use_ot and clouds is None:
@@ -346,16 +374,21 @@ def synthesis_loss(x: Tensor, targets: Tensor, seed_classes: Tensor, g: nn.Modul
         else:
             logits_g = g(x)
             feats = phi(x) if use_ot else None
-    terms = {"ce": F.cross_entropy(logits_g.float(), targets)}
+    if together is None:
+        terms = {"ce": F.cross_entropy(logits_g.float(), targets)}
+    else:
+        terms = {"ce": F.cross_entropy(logits_g.float(), targets, reduction="sum") / together.total}
     total = terms["ce"]
     has_seed = seed_classes >= 0
     if params.lambda2 > 0 and f is not None and bool(has_seed.any()):
         with autocast():
             logits_f = f(x[has_seed]).float()
-        terms["seed"] = logits_f.gather(1, seed_classes[has_seed][:, None]).sum() / len(x)
+        terms["seed"] = logits_f.gather(1, seed_classes[has_seed][:, None]).sum() / (
+            len(x) if together is None else together.total)
         total = total + params.lambda2 * terms["seed"]
     if use_ot:
-        solved = _ot_term(feats.float(), targets, clouds, params, warm)
+        ot_feats, ot_targets = (feats.float(), targets) if together is None else together.all_features(feats.float())
+        solved = _ot_term(ot_feats, ot_targets, clouds, params, warm)
         terms["ot"] = solved.weighted_mean()
         terms["ot_marginal_error"] = solved.marginal_error.max()
         if ot_stats is not None:
@@ -380,7 +413,8 @@ def _ot_term(feats: Tensor, targets: Tensor, clouds: ClassClouds, params: Synthe
 def optimise(x0: Tensor, targets: Tensor, seed_classes: Tensor, g: nn.Module, *, f: nn.Module | None = None,
              phi: Callable[[Tensor], Tensor] | None = None, clouds: ClassClouds | None = None,
              params: SynthesisConfig = SynthesisConfig(), autocast: Callable = nullcontext,
-             warm: ltot.DualCache | None = None, ot_stats: OTStats | None = None) -> Tensor:
+             warm: ltot.DualCache | None = None, ot_stats: OTStats | None = None,
+             together: "_Together | None" = None) -> Tensor:
     """T steps ``x ← clip_[0,1](x − η ∇L/‖∇L‖₂)`` (per sample), from ``x0``; returns the detached result.
 
     With the OT term and ``params.ot_warm``, each step's Sinkhorn starts from the previous
@@ -395,7 +429,7 @@ def optimise(x0: Tensor, targets: Tensor, seed_classes: Tensor, g: nn.Module, *,
     for _ in range(params.steps):
         x = x.detach().requires_grad_(True)
         loss = synthesis_loss(x, targets, seed_classes, g, f=f, phi=phi, clouds=clouds, params=params,
-                              autocast=autocast, warm=warm, ot_stats=ot_stats)["total"]
+                              autocast=autocast, warm=warm, ot_stats=ot_stats, together=together)["total"]
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"the synthesis loss is {float(loss)}: check g, f and the clouds for NaN/Inf.")
         (grad,) = torch.autograd.grad(loss, x)
@@ -408,7 +442,7 @@ def synthesize(x: Tensor, y: Tensor, class_counts, g: nn.Module, *, generator: t
                params: SynthesisConfig = SynthesisConfig(), f: nn.Module | None = None,
                phi: Callable[[Tensor], Tensor] | None = None, clouds: ClassClouds | None = None,
                seed_images: Tensor | None = None, autocast: Callable = nullcontext,
-               warm: ltot.DualCache | None = None) -> SynthesisResult:
+               warm: ltot.DualCache | None = None, shard: Shard | None = None) -> SynthesisResult:
     """One synthesis step on a batch ``x`` (float in [0, 1]) with labels ``y`` (see the module docstring).
 
     ``g``: the frozen plain-CE classifier; ``f``: the network being trained (for
@@ -419,30 +453,41 @@ def synthesize(x: Tensor, y: Tensor, class_counts, g: nn.Module, *, generator: t
     ``warm``: Sinkhorn's duals carried from earlier batches (:class:`ltkit.methods.ot.DualCache`,
     updated; ``None``: warm starts within this batch's steps only).  ``result.ot``
     reports what the OT term's solves reached.  Models are put in eval mode for the
-    step and restored afterwards.
+    step and restored afterwards.  ``shard``: ``x``, ``y`` are this rank's rows of a
+    global batch that all ranks synthesise together (:class:`Shard`); the result
+    holds this rank's candidates, their ``slots`` rows of ``x``.
     """
     if not torch.is_floating_point(x) or x.ndim != 4:
         raise ValueError(f"x must be a float image batch (N, C, H, W) in [0, 1], got {x.dtype} {tuple(x.shape)}.")
     if y.shape != (len(x),):
         raise ValueError(f"y must have shape ({len(x)},), got {tuple(y.shape)}.")
     counts = _check_counts(class_counts)
-    if int(y.max()) >= len(counts) or int(y.min()) < 0:
+    labels = y if shard is None else shard.labels.to(y.device)
+    if int(labels.max()) >= len(counts) or int(labels.min()) < 0:
         raise ValueError(f"labels must lie in [0, {len(counts)}) to index class_counts.")
-    slots = generation_slots(y, counts, generator)
-    slots_drawn = len(slots)
-    targets = y[slots]
+    # every draw is made for the whole (global) batch, in one order: the same on any number of processes
+    drawn = generation_slots(labels, counts, generator)
+    slots, targets = drawn, labels[drawn]
     ood = seed_images is not None or params.seeds == "noise"
     if ood:
-        x0 = _ood_seeds(seed_images, len(slots), x, generator)
-        seed_classes = torch.full_like(targets, -1)
+        start = _ood_seeds(seed_images, len(slots), x, generator)
+        seed_pos = seed_classes = torch.full_like(targets, -1)
         p_accept = torch.ones(len(slots), dtype=torch.float64)
     else:
-        keep, seed_pos, p_accept = choose_seeds(y, targets, counts, params.beta, generator)
+        keep, seed_pos, p_accept = choose_seeds(labels, targets, counts, params.beta, generator)
         slots, targets = slots[keep], targets[keep]
-        x0 = x[seed_pos] + initial_noise(x[seed_pos].shape, params.init_noise, generator).to(x.device, x.dtype)
-        seed_classes = y[seed_pos]
+        start = initial_noise((len(seed_pos), *x.shape[1:]), params.init_noise, generator).to(x.device, x.dtype)
+        seed_classes = labels[seed_pos]
     lucky = torch.bernoulli(p_accept, generator=generator).bool().to(x.device)
-    if len(slots) == 0:
+    together = None if shard is None or len(slots) == 0 else _Together(shard, slots, targets)
+    if together is not None:  # this rank's candidates: those whose slot is one of its rows
+        mine = together.mine
+        slots, targets, seed_pos, seed_classes, start, lucky = (
+            t[mine] for t in (slots, targets, seed_pos, seed_classes, start, lucky))
+        slots = together.row_of(slots)
+    slots_drawn = len(drawn) if shard is None else int((shard.owner[drawn.cpu()] == shard.rank).sum())
+    x0 = start if ood else (x[seed_pos] if shard is None else shard.images(seed_pos)) + start
+    if len(slots) == 0 and together is None:
         empty = x.new_zeros((0, *x.shape[1:]))
         none = torch.zeros(0, dtype=torch.long, device=x.device)
         return SynthesisResult(empty, empty, none, none, none, x.new_zeros(0), none.bool(), slots_drawn,
@@ -453,7 +498,7 @@ def synthesize(x: Tensor, y: Tensor, class_counts, g: nn.Module, *, generator: t
     ot_stats = OTStats() if params.lambda1 > 0 else None
     try:
         x_syn = optimise(x0, targets, seed_classes, g, f=f, phi=phi, clouds=clouds, params=params, autocast=autocast,
-                         warm=warm, ot_stats=ot_stats)
+                         warm=warm, ot_stats=ot_stats, together=together)
         with torch.no_grad(), autocast():
             confidence = torch.softmax(g(x_syn).float(), 1).gather(1, targets[:, None]).flatten()
     finally:
@@ -462,6 +507,43 @@ def synthesize(x: Tensor, y: Tensor, class_counts, g: nn.Module, *, generator: t
     accepted = (confidence >= params.tau) & lucky
     return SynthesisResult(x_syn, x0.clamp(0, 1), targets, slots, seed_classes, confidence, accepted, slots_drawn,
                            ot_stats)
+
+
+class _Together:
+    """The candidates of a global batch that several ranks synthesise (:class:`Shard`): which are this rank's,
+    and every rank's features of them in one tensor, this rank's rows live (for the OT term's gradient)."""
+
+    def __init__(self, shard: Shard, slots: Tensor, targets: Tensor) -> None:
+        self.shard, self.targets = shard, targets
+        owner = shard.owner[slots.cpu()]
+        self.mine = (owner == shard.rank).to(slots.device)
+        ranks = int(shard.owner.max()) + 1
+        per_rank = torch.bincount(owner, minlength=ranks)
+        self.width = max(1, int(per_rank.max()))  # every rank's rows are padded to this many
+        within = torch.zeros_like(owner)  # a candidate's index among its owner's candidates
+        for r in range(ranks):
+            at = owner == r
+            within[at] = torch.arange(int(at.sum()))
+        self.flat = (owner * self.width + within).to(slots.device)  # its row in the gathered tensor
+        self.my_rows = torch.nonzero(self.mine).flatten()
+        self._row_of = torch.full((len(shard.owner),), -1, dtype=torch.long)
+        self._row_of[shard.rows.cpu()] = torch.arange(len(shard.rows))
+
+    @property
+    def total(self) -> int:
+        """Candidates of all ranks (the means of the synthesis loss run over them all)."""
+        return len(self.targets)
+
+    def row_of(self, global_positions: Tensor) -> Tensor:
+        """Rows of this rank's batch that hold the given global-batch positions."""
+        return self._row_of[global_positions.cpu()].to(global_positions.device)
+
+    def all_features(self, mine: Tensor) -> tuple[Tensor, Tensor]:
+        """(features of every candidate in global order, their targets); this rank's rows keep their gradient."""
+        padded = mine.new_zeros((self.width, *mine.shape[1:]))
+        padded[:len(mine)] = mine.detach()
+        everyone = torch.cat(self.shard.gather(padded))[self.flat]
+        return everyone.index_copy(0, self.my_rows, mine), self.targets
 
 
 def _ood_seeds(seed_images: Tensor | None, n: int, like: Tensor, generator: torch.Generator) -> Tensor:
@@ -625,13 +707,14 @@ class M2m(train.Method):
             batch = self._balanced_batch(ctx, batch)
         if not self.synthesis:
             return batch
-        # Synthesis works on this rank's batch (slots and seeds are chosen within it, as M2m does per GPU).
-        gen = ctx.generator("m2m-synthesis", ctx.epoch, batch.step, ctx.rank)
+        # One stream for the whole global batch (keyed as a single process's always was): every rank makes the
+        # same draws and synthesises the candidates of its own rows, the OT term matching all ranks' candidates.
+        gen = ctx.generator("m2m-synthesis", ctx.epoch, batch.step, 0)
         f = ctx.base_model
         phi = f.features if self.params.ot_features == "f" else None  # None: g.features, sharing g's forward
         result = synthesize(batch.x, batch.y, ctx.class_counts, self.g, generator=gen, params=self.params, f=f,
-                            phi=phi, clouds=self.clouds, autocast=ctx.autocast)
-        self._count(result)
+                            phi=phi, clouds=self.clouds, autocast=ctx.autocast, shard=_shard(ctx, batch))
+        self._count(result, count_ot=ctx.rank == 0)  # every rank solves the same OT problems: count them once
         x, y, index = replace_slots(batch.x, batch.y, result, batch.index)
         return dataclasses.replace(batch, x=x, y=y, index=index)
 
@@ -708,10 +791,12 @@ class M2m(train.Method):
                                       generator=ctx.generator(*stream, "draw"))
         idx = ctx.local(positions).to(ctx.device)
         x = ctx.images(positions, ctx.generator(*stream, "augment"))
-        return dataclasses.replace(batch, x=x, y=ctx.train_y[idx], index=idx)
+        return dataclasses.replace(batch, x=x, y=ctx.train_y[idx], index=idx, global_index=positions.to(ctx.device),
+                                   global_images=lambda within: ctx.images(positions, ctx.generator(*stream, "augment"),
+                                                                           at=within))
 
-    def _count(self, result: SynthesisResult) -> None:
-        if result.ot is not None:
+    def _count(self, result: SynthesisResult, count_ot: bool = True) -> None:
+        if result.ot is not None and count_ot:
             o = self._ot_totals
             o[0] += result.ot.solves
             o[1] += result.ot.iterations
@@ -724,6 +809,27 @@ class M2m(train.Method):
         t[3] += result.confidence.double().sum()
         accepted_targets = result.targets[result.accepted]
         t[4:].index_add_(0, accepted_targets, torch.ones(len(accepted_targets), dtype=t.dtype, device=t.device))
+
+
+def _shard(ctx: train.Context, batch: train.Batch) -> Shard | None:
+    """This rank's part of the global batch for a synthesis all ranks share (None on one process)."""
+    if ctx.world_size == 1:
+        return None
+    if batch.global_index is None or batch.global_images is None:
+        raise ValueError("synthesis under DDP needs the global batch (Batch.global_index / global_images): "
+                         "a method before this one replaced the batch without them.")
+    size = len(batch.global_index)
+    owner = torch.empty(size, dtype=torch.long)
+    for r in range(ctx.world_size):
+        owner[train.local_part(torch.arange(size), r, ctx.world_size)] = r
+
+    def gather(t: Tensor) -> list[Tensor]:
+        out = [torch.empty_like(t) for _ in range(ctx.world_size)]
+        dist.all_gather(out, t.contiguous())
+        return out
+
+    return Shard(labels=ctx.train_y[batch.global_index], rows=ctx.local(torch.arange(size)), owner=owner,
+                 rank=ctx.rank, images=batch.global_images, gather=gather)
 
 
 @train.register_method
