@@ -126,8 +126,8 @@ def class_counts(counts: Any, name: str = "class_counts", *, min_classes: int = 
                          f"of at least {min_classes} classes, in class-index order.")
     for i, n in enumerate(values):
         if isinstance(n, bool) or not isinstance(n, numbers.Real):
-            raise InputTypeError(f"{name}[{i}]={_short(n)} is a {type(n).__name__}, not a number of images; pass a "
-                                 f"flat list with {example}.")
+            raise InputTypeError(f"{name}[{i}]={_short(n)} is a {type(n).__name__}, not a number of images; pass "
+                                 "numbers, one per class, in a flat list such as [500, 120, 8].")
         if not math.isfinite(n) or n != int(n) or n < 0:
             raise InputError(f"{name}[{i}]={n!r} must be a non-negative whole number (the images of class {i}).")
         if positive and n == 0:

@@ -260,7 +260,7 @@ def test_every_rank_holds_the_same_prototypes_under_ddp(tmp_path, monkeypatch):
         ({"momentum": 1.0}, r"momentum=1.0 must lie in \[0, 1\)"),
         ({"momentum": -0.1}, r"momentum=-0.1 must lie in \[0, 1\)"),
         ({"max_splits": 0}, "max_splits=0 must be >= 1"),
-        ({"max_splits": 2.0}, "max_splits expects int, got float 2.0"),
+        ({"max_splits": 2.0}, r"max_splits expects int, got float 2.0; it must be >= 1 \(1 = no class is split\)"),
         ({"n_ref": "biggest"}, "unknown n_ref 'biggest'; choose one of: median, min, mean"),
         ({"n_ref": 0}, r"n_ref=0 must be > 0 \('median', 'min', 'mean' or a class size > 0\)"),
         ({"mapping": "sum"}, "mapping 'sum'; choose one of: auto, logsumexp, prob-sum, logmeanexp"),
