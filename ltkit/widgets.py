@@ -149,10 +149,21 @@ class Run:
         return json.dumps(method_identity(self.config), sort_keys=True, default=str)
 
 
+# the config fields the explorer reads to name, group and compare runs, with their types
+_CONFIG_TYPES = {"label": str, "name": str, "dataset": str, "loss": str, "method": str, "seed": int, "epochs": int}
+
+
 def record_problem(record: Any) -> str | None:
     """Why a record cannot be explored (``None`` when it can; a run without a result yet is fine)."""
     if not isinstance(record, Mapping):
         return f"expected a run record (a dict from ltkit.runs.load_run), got {type(record).__name__}"
+    config = record.get("config", {})
+    if not isinstance(config, Mapping):
+        return f"its config is a {type(config).__name__}, not a dict"
+    for key, kind in _CONFIG_TYPES.items():
+        value = config.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"its config field {key!r} is {value!r}, not a {kind.__name__}"
     result = record.get("result")
     if result is None:
         return None

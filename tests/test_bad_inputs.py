@@ -1001,9 +1001,12 @@ def test_H_damaged_runs_are_skipped_by_load_runs_and_noted_by_the_explorer(tmp_p
     (shape / "config.json").write_text('{"config": ["not", "a", "dict"]}')
     cut = copy_run(finished, tmp_path, "cut-result")
     cut_file(cut / "result.json", 20)
+    typed = copy_run(finished, tmp_path, "label-of-a-number")  # valid JSON of the right shape, a field of the wrong type
+    meta = json.loads((typed / "config.json").read_text())
+    (typed / "config.json").write_text(json.dumps({**meta, "config": {**meta["config"], "label": 3}}))
     with pytest.warns(UserWarning) as caught:
         records = runs.load_runs(tmp_path)
-    assert [r["name"] for r in records] == [good.name]
+    assert [r["name"] for r in records] == [good.name, typed.name]  # a record; the explorer judges its fields
     skipped = [str(w.message) for w in caught if "damaged run" in str(w.message)]
     assert len(skipped) == 2 and all("\n" not in m for m in skipped)
     assert any(str(shape) in m and "config.json is not an ltkit run config" in m for m in skipped)
@@ -1013,6 +1016,7 @@ def test_H_damaged_runs_are_skipped_by_load_runs_and_noted_by_the_explorer(tmp_p
     explorer = widgets.explore(tmp_path, dpi=20).explorer  # the explorer does not crash on them: it notes them
     notes = explorer.message.value
     assert "wrong-shape-config" in notes and "cut-result" in notes and "could not be read" in notes
+    assert "label-of-a-number" in notes and "config field &#x27;label&#x27; is 3, not a str" in notes
     assert list(explorer.groups) and "good" not in notes
 
 
