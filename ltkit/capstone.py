@@ -769,7 +769,7 @@ def _fit_with_module(module_path: str, config: train.TrainConfig) -> dict:
 # =========================================================================== training under the protocol
 def protocol_differences(stored: dict, expected: train.TrainConfig, fields: Iterable[str] = PROTOCOL_FIELDS) -> list[str]:
     """The ``fields`` in which a stored run config differs from ``expected`` (a field it lacks takes its default)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(train.TrainConfig) if f.default is not dataclasses.MISSING}
+    defaults = train.config_defaults()
     want = expected.to_dict()
     out = []
     for name in fields:

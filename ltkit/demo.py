@@ -54,7 +54,7 @@ DRW_EPOCH = 80
 LOSS_BASELINES = {
     "CE": dict(loss="ce"),
     "CE-DRW": dict(loss="ce-drw", loss_params={"drw_epoch": DRW_EPOCH}),
-    "LDAM-DRW": dict(loss="ldam-drw", loss_params={"drw_epoch": 80}),
+    "LDAM-DRW": dict(loss="ldam-drw", loss_params={"drw_epoch": DRW_EPOCH}),
     "BS": dict(loss="bs"),
     "LA (post hoc)": dict(loss="la-posthoc"),
 }
@@ -129,8 +129,8 @@ def train_leaderboard(dataset: str = "digits-lt", seeds: Sequence[int] = SEEDS, 
     """Train (or reuse) every method of :func:`leaderboard_methods` (or the labels ``only``) for every seed.
 
     Returns ``{label: records}``.  One :func:`ltkit.launch.run_grid`; the methods that
-    read the CE run of their seed (:data:`AFTER`: Syn-LT, LA (post hoc); ``only`` with one
-    of them trains CE too) start as soon as that run has finished.
+    read the CE run of their seed (:data:`AFTER`: Syn-LT, LA (post hoc), CE-DRW; ``only`` with
+    one of them trains CE too) start as soon as that run has finished.
     """
     methods = leaderboard_methods(dataset, runs_dir, common.get("epochs"))
     if only is not None:

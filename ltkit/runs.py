@@ -58,7 +58,7 @@ import time
 import unicodedata
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import torch
 
@@ -532,7 +532,7 @@ def _claim(run_dir: Path, config: dict, if_exists: str, defaults: dict) -> str:
         _clear(run_dir)
         return "new"
     stored = {**defaults, **_stored_config(run_dir)}
-    differing = sorted(k for k in set(stored) | set(config) if k not in VOLATILE_FIELDS and stored.get(k) != config.get(k))
+    differing = config_differences(stored, config)
     if differing:
         raise checks.InputError(
             f"cannot resume {run_dir}: its config differs in {differing} "
@@ -545,7 +545,13 @@ def _claim(run_dir: Path, config: dict, if_exists: str, defaults: dict) -> str:
 # fields that do not change a run's result (``continue_from`` / ``snapshot_epochs``: a continued run's record is
 # the one training from scratch gives)
 VOLATILE_FIELDS = {"if_exists", "progress", "out_dir", "name", "label", "num_workers", "device", "threads",
-             "continue_from", "snapshot_epochs"}
+                   "continue_from", "snapshot_epochs"}
+
+
+def config_differences(stored: dict, config: dict, ignore: Iterable[str] = VOLATILE_FIELDS) -> list[str]:
+    """The fields, except ``ignore``, in which two run configs differ (sorted)."""
+    ignore = set(ignore)
+    return sorted(k for k in set(stored) | set(config) if k not in ignore and stored.get(k) != config.get(k))
 
 
 # =========================================================================== reading records

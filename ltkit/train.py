@@ -160,6 +160,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def config_defaults() -> dict[str, Any]:
+    """The :class:`TrainConfig` fields that have a plain default, with it: a record written before a field
+    existed is compared as if it had that default."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a CPU: the kit's bundled data set.
     # 100 epochs: fitted (benchmarks/epochs_sweep.py: at 30 epochs every model is under-fitted and CMO's
@@ -919,10 +925,16 @@ def _train_run(config: TrainConfig, data: Any, run_dir: Path, status: str, devic
     return _train_epochs(ctx, method, start_epoch, history)
 
 
-# fields in which a post-hoc run may differ from the run whose weights it evaluates
 # ------------------------------------------------------------------ post-hoc runs: another run's weights, evaluated
+# fields in which a post-hoc run may differ from the run whose weights it evaluates
 _POST_HOC_FREE = {"loss", "loss_params", "name", "label", "weights_from", "out_dir", *runs.VOLATILE_FIELDS}
 _EVALUATED = ("overall", "many", "medium", "few", "worst", "eval_s")
+
+
+def _source_config(record: dict, config: TrainConfig, free: set[str]) -> tuple[dict, list[str]]:
+    """Another run's config (a field it lacks at its default) and the fields outside ``free`` where it differs."""
+    stored = {**config_defaults(), **record["config"]}
+    return stored, runs.config_differences(stored, config.to_dict(), free)
 
 
 def _weights_source(config: TrainConfig, world: int) -> dict:
@@ -934,9 +946,7 @@ def _weights_source(config: TrainConfig, world: int) -> dict:
     if not (source / "result.json").is_file():
         raise checks.InputError(f"weights_from={str(source)!r} is not a finished run (no result.json): train it first.")
     record = runs.load_run(source)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    stored, mine = {**defaults, **record["config"]}, config.to_dict()
-    differing = sorted(k for k in set(stored) | set(mine) if k not in _POST_HOC_FREE and stored.get(k) != mine.get(k))
+    stored, differing = _source_config(record, config, _POST_HOC_FREE)
     if differing or losses.trains_as(stored["loss"]) != losses.trains_as(config.loss):
         why = f"its config differs in {differing}" if differing else f"its loss {stored['loss']!r} trains differently"
         raise checks.InputError(f"weights_from={str(source)!r}: {why}; a post-hoc run reuses the weights of the "
@@ -1012,9 +1022,7 @@ def continuation(config: TrainConfig) -> Snapshot | None:
         raise checks.InputError(f"continue_from={str(source)!r} is not a finished run (no result.json): train it "
                                 "first, or leave continue_from=None.")
     record = runs.load_run(source)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    stored, mine = {**defaults, **record["config"]}, config.to_dict()
-    differing = sorted(k for k in set(stored) | set(mine) if k not in _CONTINUE_FREE and stored.get(k) != mine.get(k))
+    stored, differing = _source_config(record, config, _CONTINUE_FREE)
     if differing:
         raise checks.InputError(f"continue_from={str(source)!r}: its config differs in {differing}, so no epoch of "
                                 "it is shared with this run: point it at a run of the same recipe.")
@@ -1050,14 +1058,7 @@ def _method_parts_at(stored: dict, config: TrainConfig) -> float:
 def _continue(snapshot: Snapshot, ctx: Context) -> int:
     """Start from ``snapshot``: the source's weights and optimiser state (this run's loss and method start
     fresh: they have done nothing different so far) and its history rows; the epoch to train next."""
-    state = runs.load_checkpoint(snapshot.path, map_location=ctx.device)
-    try:
-        ctx.base_model.load_state_dict(state["model"])
-        ctx.optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        detail = " ".join(str(err).split())
-        raise runs.CheckpointError(f"the snapshot {snapshot.path} does not fit this run ({detail}); leave "
-                                   "continue_from=None to train from scratch.") from err
+    _load_state(snapshot.path, ctx, None, "snapshot", "; leave continue_from=None to train from scratch.")
     if ctx.rank == 0:
         for row in snapshot.history:
             runs.append_history(ctx.run_dir, row)
@@ -1131,8 +1132,7 @@ def distributed_facts(device: torch.device, world: int, sync_bn: bool, config_de
 # =========================================================================== run folders and the epoch loop
 def _prepare(run_dir: Path, config: TrainConfig, rank: int) -> str:
     """Rank 0 decides (and creates the folder); the others follow its decision."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    status = runs.prepare_run_dir(run_dir, config.to_dict(), config.if_exists, defaults) if rank == 0 else ""
+    status = runs.prepare_run_dir(run_dir, config.to_dict(), config.if_exists, config_defaults()) if rank == 0 else ""
     if dist.is_available() and dist.is_initialized():
         box = [status]
         dist.broadcast_object_list(box, src=0)
@@ -1279,16 +1279,22 @@ def _checkpoint(path: Path, ctx: Context, method: Method, epoch: int) -> None:
 
 
 def _restore(path: Path, ctx: Context, method: Method) -> int:
+    return _load_state(path, ctx, method, "checkpoint", ". Use if_exists='overwrite' to restart.")
+
+
+def _load_state(path: Path, ctx: Context, method: Method | None, kind: str, advice: str) -> int:
+    """Weights and optimiser state from a checkpoint, and the loss's and ``method``'s (unless None: a run that
+    continues another one starts those fresh); the epoch to train next."""
     state = runs.load_checkpoint(path, map_location=ctx.device)
     try:
         ctx.base_model.load_state_dict(state["model"])
         ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.loss_fn.load_state_dict(state["loss"])
-        method.load_state_dict(state["method"])
+        if method is not None:
+            ctx.loss_fn.load_state_dict(state["loss"])
+            method.load_state_dict(state["method"])
     except (KeyError, RuntimeError, ValueError) as err:
         detail = " ".join(str(err).split())
-        raise runs.CheckpointError(f"the checkpoint {path} does not fit this run ({detail}). Use "
-                                   "if_exists='overwrite' to restart.") from err
+        raise runs.CheckpointError(f"the {kind} {path} does not fit this run ({detail}){advice}") from err
     return int(state["epoch"]) + 1
 
 
